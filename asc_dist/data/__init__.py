@@ -1,0 +1,1 @@
+"""TAU-layout datasets: clip table, splits, validation carve-out, checks, packing and the synthetic generator."""

@@ -1,0 +1,70 @@
+"""`python -m asc_dist.data {check,pack,synth}`: inspect, pack and generate TAU-layout datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from asc_dist.cli import run_main, setup_logging
+from asc_dist.errors import DatasetError
+
+log = logging.getLogger("asc_dist.data")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asc_dist.data", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="count clips per split x device x scene and list every problem (exit 2 if any)")
+    c.add_argument("root", help="dataset folder holding meta.csv, audio/ and evaluation_setup/")
+    c.add_argument("--sr", type=int, default=None, help="expected sample rate (default: the most common one)")
+    c.add_argument("--channels", type=int, default=None, help="expected channel count (default: the most common one)")
+    c.add_argument("--duration", type=float, default=None, help="expected clip duration in s (default: the most common one)")
+    k = sub.add_parser("pack", help="decode once (mono, resampled) into a memory-mapped waveform store")
+    k.add_argument("root")
+    k.add_argument("--sr", type=int, default=32000, help="target sample rate (default 32000)")
+    k.add_argument("--out", default=None, help="store folder (default ROOT/packed/sr<SR>)")
+    k.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    k.add_argument("--force", action="store_true", help="re-pack even when the fingerprint matches")
+    s = sub.add_parser("synth", help="generate the embedded synthetic TAU-format dataset")
+    s.add_argument("--out", required=True, help="folder to create")
+    s.add_argument("--clips-per-device", type=int, default=None, help="segments per device (default: the generator's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dirs", default=None, help="folder of device impulse responses (*.wav), e.g. MicIRP")
+    for sp in (c, k, s):
+        sp.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.command == "check":
+        from asc_dist.data.check import check_dataset
+
+        report = check_dataset(args.root, args.sr, args.channels, args.duration)
+        print(report.format())
+        return 0 if report.ok else 2
+    if args.command == "pack":
+        from asc_dist.audio.store import PackConfig, WaveformStore, pack
+
+        store_dir, built = pack(args.root, args.out, PackConfig(sample_rate=args.sr, dtype=args.dtype), force=args.force)
+        store = WaveformStore(store_dir)
+        print(json.dumps({"store": str(store_dir), "packed": built, **{k: store.manifest[k] for k in ("fingerprint", "sample_rate", "samples", "splits")}}))
+        return 0
+    if args.command == "synth":
+        from asc_dist.data.synth import SynthConfig, generate
+
+        kwargs = {"seed": args.seed, "dirs": args.dirs}
+        if args.clips_per_device is not None:
+            if args.clips_per_device < 1:
+                raise DatasetError(f"--clips-per-device must be >= 1, got {args.clips_per_device}")
+            kwargs["clips_per_device"] = args.clips_per_device
+        summary = generate(args.out, SynthConfig(**kwargs))
+        print(summary)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    run_main(main)

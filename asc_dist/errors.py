@@ -1,0 +1,28 @@
+"""One exception type per layer. Messages name the file, what was expected, and the fix.
+
+The CLIs (see `asc_dist.cli.run_main`) turn any `AscDistError` into one line on stderr and exit code 2.
+"""
+
+
+class AscDistError(Exception):
+    """Base class: a problem with the user's input that they can fix."""
+
+
+class ConfigError(AscDistError):
+    """A bad option or config value (unknown model, lambda outside [0, 1], ...)."""
+
+
+class DatasetError(AscDistError):
+    """The dataset on disk does not match the TAU layout or has broken audio."""
+
+
+class LogitsError(AscDistError):
+    """Teacher logits or fused targets are missing, misaligned or not finite."""
+
+
+class TrackingError(AscDistError):
+    """MLflow tracking server unreachable or misconfigured."""
+
+
+class ClusterError(AscDistError):
+    """Ray cluster unreachable or without the resources asked for."""

@@ -1,0 +1,95 @@
+"""Log-mel front ends, one per model family, as `nn.Module`s that run on the compute device.
+
+Follows CP-JKU's `AugmentMelSTFT` (REFERENCE.md section 4): pre-emphasis [-0.97, 1] (a valid convolution,
+so a 1-s clip at 32 kHz gives 64 frames at hop 500), STFT with a symmetric Hann window, power spectrum,
+Kaldi mel banks, `log(x + 1e-5)`, then `(x + 4.5) / 5`. During training the upper mel edge is jittered
+by up to `fmax_aug_range` Hz around its evaluation value `sr/2 - fmax_aug_range/2`. The mel product always
+runs in fp32, even under autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchaudio
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    sample_rate: int = 32000
+    n_fft: int = 4096
+    win_length: int = 3072
+    hop_length: int = 500
+    n_mels: int = 256
+    fmin: float = 0.0
+    fmax_aug_range: int = 1000  # training jitter of the upper band edge, Hz (1 = off)
+
+    @property
+    def fmax(self) -> float:
+        return self.sample_rate // 2 - self.fmax_aug_range // 2
+
+    def frames(self, n_samples: int) -> int:
+        """Frames produced for `n_samples` of audio (pre-emphasis drops one sample; STFT is centred)."""
+        return 1 + (n_samples - 1) // self.hop_length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Student (CP-Mobile / DS-FlexiNet input): 1 x 256 x 64 per 1-s clip.
+STUDENT_MEL = MelConfig()
+# CP-ResNet teacher: same, hop 750 -> 1 x 256 x 43.
+CPRESNET_MEL = MelConfig(hop_length=750)
+# PaSST as hear21passt expects it: 128 mels, n_fft 1024, window 800, hop 320 -> 1 x 128 x 100.
+PASST_MEL = MelConfig(n_fft=1024, win_length=800, hop_length=320, n_mels=128, fmax_aug_range=2000)
+# Small-CNN teachers (MobileNetV2, BC-ResNet, CNN6): 128 mels keep them fast.
+CNN_MEL = MelConfig(n_fft=2048, win_length=2048, hop_length=500, n_mels=128)
+
+FRONT_ENDS = {"student": STUDENT_MEL, "cpresnet": CPRESNET_MEL, "passt": PASST_MEL, "cnn": CNN_MEL}
+
+
+class LogMel(nn.Module):
+    """Waveform [batch, samples] at `cfg.sample_rate` -> log-mel [batch, 1, n_mels, frames]."""
+
+    def __init__(self, cfg: MelConfig = STUDENT_MEL):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("preemphasis", torch.tensor([[[-0.97, 1.0]]]), persistent=False)
+        self.spectrogram = torchaudio.transforms.Spectrogram(
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            window_fn=torch.hann_window,
+            wkwargs={"periodic": False},
+            power=2.0,
+            center=True,
+        )
+        self.register_buffer("eval_banks", self._banks(cfg.fmax), persistent=False)
+
+    def _banks(self, fmax: float) -> torch.Tensor:
+        banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
+            self.cfg.n_mels, self.cfg.n_fft, float(self.cfg.sample_rate), self.cfg.fmin, fmax, 100.0, -500.0, 1.0
+        )
+        return torch.nn.functional.pad(banks, (0, 1), value=0.0)  # Kaldi banks omit the Nyquist bin
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        if waves.dim() == 3:
+            waves = waves.squeeze(1)
+        x = torch.nn.functional.conv1d(waves.float().unsqueeze(1), self.preemphasis).squeeze(1)
+        device_type = x.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            power = self.spectrogram(x.float())  # [B, n_fft/2+1, frames]
+            if self.training and self.cfg.fmax_aug_range > 1:
+                jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
+                banks = self._banks(self.cfg.fmax + jitter).to(power.device)
+            else:
+                banks = self.eval_banks
+            mel = torch.matmul(banks.float(), power.float())
+        mel = (torch.log(mel + 1e-5) + 4.5) / 5.0
+        return mel.unsqueeze(1)
+
+
+def front_end(name: str) -> LogMel:
+    return LogMel(FRONT_ENDS[name])

@@ -1,0 +1,358 @@
+"""Teacher logits and fused targets as Parquet, keyed by filename (docs/CONTRACTS.md).
+
+Raw per-teacher logits are stored, never pre-averaged or pre-softmaxed, so any fusion can be refitted later
+(REFERENCE.md section 11.1). Rows are aligned by `filename`, never by row order: the anchors that index
+teacher outputs by CSV row number break silently when someone reorders a file (REFERENCE.md section 1).
+Columns become numpy through the Arrow buffers (`fixed_size_list.values.to_numpy().reshape`), so reading
+12 teachers x 230,350 clips takes about a second; there is no Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from asc_dist.atomic import atomic_path
+from asc_dist.errors import LogitsError
+
+LOGITS_DIR = "logits"
+PART_FILE = "part-0.parquet"
+TARGETS_FILE = Path("fused") / "targets.parquet"
+_ROW_COLUMNS = ("filename", "split", "device", "label")
+
+
+@dataclass(frozen=True)
+class TeacherMeta:
+    """What a logits file says about itself, read from the Parquet footer only."""
+
+    name: str
+    path: Path
+    classes: list[str]
+    config: dict[str, Any]
+    fingerprint: str
+    rows: int
+
+
+@dataclass(frozen=True, eq=False)
+class TeacherLogits:
+    """All teachers' logits on one clip set, rows sorted by filename: `logits[t, n]` is teacher t on clip n."""
+
+    names: list[str]
+    filenames: np.ndarray  # [N] str (object), sorted
+    splits: np.ndarray  # [N] str (object)
+    devices: np.ndarray  # [N] str (object)
+    labels: np.ndarray  # [N] int64
+    logits: np.ndarray  # [T, N, C] float32
+    classes: list[str]
+    configs: dict[str, dict[str, Any]]
+    fingerprint: str
+
+    def mask(self, split: str) -> np.ndarray:
+        return self.splits == split
+
+    def subset(self, names: Sequence[str]) -> TeacherLogits:
+        """The same clips with only `names`, in that order."""
+        index = [self.names.index(n) for n in names]
+        return TeacherLogits(
+            list(names), self.filenames, self.splits, self.devices, self.labels,
+            self.logits[index], self.classes, {n: self.configs[n] for n in names}, self.fingerprint,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class FusedTargets:
+    """One target per clip (fused or averaged logits), rows sorted by filename."""
+
+    filenames: np.ndarray
+    splits: np.ndarray
+    devices: np.ndarray
+    labels: np.ndarray
+    logits: np.ndarray  # [N, C] float32
+    classes: list[str]
+    teachers: list[str]
+    fingerprint: str
+
+    def rows_for(self, filenames: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Row of each filename in this table, -1 where it has no target (a mask, EfficientAT style)."""
+        found = pc.index_in(pa.array(np.asarray(filenames, dtype=object), pa.string()),
+                            value_set=pa.array(self.filenames, pa.string()))
+        return found.fill_null(-1).to_numpy().astype(np.int64)
+
+
+def teacher_logits_path(run_dir: str | os.PathLike, name: str) -> Path:
+    return Path(run_dir) / LOGITS_DIR / f"teacher={name}" / PART_FILE
+
+
+def targets_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / TARGETS_FILE
+
+
+def _check_name(name: str) -> None:
+    if not name or any(ch in name for ch in "/\\=,") or name.startswith("."):
+        raise LogitsError(
+            f"teacher name {name!r} cannot be a folder name teacher=<name>; use letters, digits, '-', '_' or '.'"
+        )
+
+
+def _check_finite(logits: np.ndarray, what: str) -> None:
+    if not np.isfinite(logits).all():
+        bad = int(np.count_nonzero(~np.isfinite(logits).all(axis=-1)))
+        raise LogitsError(
+            f"{what} has NaN or infinite logits in {bad} clips; re-score that teacher "
+            "(a diverged model or a broken checkpoint) or leave it out with --teachers"
+        )
+
+
+def _logits_array(logits: np.ndarray) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(logits, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, logits.shape[1])
+
+
+def _row_table(filenames, splits, devices, labels, n_classes: int, what: str) -> dict[str, pa.Array]:
+    cols = {
+        "filename": pa.array(np.asarray(filenames, dtype=object), pa.string()),
+        "split": pa.array(np.asarray(splits, dtype=object), pa.string()),
+        "device": pa.array(np.asarray(devices, dtype=object), pa.string()),
+        "label": pa.array(np.asarray(labels), pa.int32()),
+    }
+    n = len(cols["filename"])
+    if any(len(c) != n for c in cols.values()):
+        raise LogitsError(f"{what}: filename, split, device and label have different lengths; pass one value per clip")
+    labels_np = cols["label"].to_numpy()
+    if n and (labels_np.min() < 0 or labels_np.max() >= n_classes):
+        raise LogitsError(f"{what}: labels must index the {n_classes} classes (0..{n_classes - 1})")
+    return cols
+
+
+def _write(path: Path, cols: dict[str, pa.Array], metadata: dict[str, str]) -> Path:
+    table = pa.table(cols).replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="none")
+    return path
+
+
+def write_teacher_logits(
+    run_dir: str | os.PathLike,
+    teacher_name: str,
+    filenames: Sequence[str] | np.ndarray,
+    splits: Sequence[str] | np.ndarray,
+    devices: Sequence[str] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    logits: np.ndarray,
+    classes: Sequence[str],
+    teacher_config: dict[str, Any],
+    fingerprint: str,
+) -> Path:
+    """Write one teacher's raw logits [N, C] on every clip it scored; returns the file written (atomically).
+
+    Uncompressed: random float32 logits do not compress, and skipping the codec halves write time.
+    """
+    _check_name(teacher_name)
+    what = f"teacher {teacher_name!r}"
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        raise LogitsError(f"{what}: logits have shape {logits.shape}, expected [clips, {len(classes)} classes]")
+    _check_finite(logits, what)
+    cols = _row_table(filenames, splits, devices, labels, len(classes), what)
+    if len(cols["filename"]) != logits.shape[0]:
+        raise LogitsError(f"{what}: {logits.shape[0]} logit rows for {len(cols['filename'])} filenames")
+    cols["logits"] = _logits_array(logits)
+    meta = {
+        "classes": json.dumps(list(classes)),
+        "teacher": json.dumps(teacher_config, sort_keys=True, default=str),
+        "fingerprint": fingerprint,
+    }
+    return _write(teacher_logits_path(run_dir, teacher_name), cols, meta)
+
+
+def _footer(path: Path) -> tuple[dict[str, str], int, pa.Schema]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise LogitsError(f"{path}: not a readable Parquet file ({exc}); delete it and re-score that teacher") from None
+    raw = pf.schema_arrow.metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}, pf.metadata.num_rows, pf.schema_arrow
+
+
+def read_teacher_meta(path: str | os.PathLike) -> TeacherMeta:
+    """Classes, config and fingerprint from the footer, without reading the data."""
+    path = Path(path)
+    meta, rows, schema = _footer(path)
+    missing = [k for k in ("classes", "teacher", "fingerprint") if k not in meta]
+    missing += [c for c in (*_ROW_COLUMNS, "logits") if c not in schema.names]
+    if missing:
+        raise LogitsError(f"{path}: missing {', '.join(missing)}; write it with asc_dist.logits.write_teacher_logits")
+    name = path.parent.name.removeprefix("teacher=")
+    return TeacherMeta(name, path, json.loads(meta["classes"]), json.loads(meta["teacher"]), meta["fingerprint"], rows)
+
+
+def _discover(run_dir: Path, teachers: Sequence[str] | None) -> list[Path]:
+    found = sorted((run_dir / LOGITS_DIR).glob(f"teacher=*/{PART_FILE}"))
+    available = [p.parent.name.removeprefix("teacher=") for p in found]
+    if not found:
+        raise LogitsError(
+            f"no teacher logits under {run_dir / LOGITS_DIR} (expected teacher=<name>/{PART_FILE}); "
+            "score teachers first with python -m asc_dist.teachers"
+        )
+    if teachers is None:
+        return found
+    if len(set(teachers)) != len(teachers) or not teachers:
+        raise LogitsError(f"teacher list {list(teachers)} is empty or repeats a name; name each teacher once")
+    unknown = [t for t in teachers if t not in available]
+    if unknown:
+        raise LogitsError(f"no logits for teacher(s) {unknown} under {run_dir / LOGITS_DIR}; available: {available}")
+    return [teacher_logits_path(run_dir, t) for t in teachers]
+
+
+def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, n_classes: int, what: str) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_fixed_size_list(arr.type) or arr.type.list_size != n_classes:
+        raise LogitsError(f"{what}: logits column is {arr.type}, expected fixed_size_list<float32>[{n_classes}]")
+    if arr.null_count:
+        raise LogitsError(f"{what}: {arr.null_count} clips have null logits; re-score that teacher")
+    values = arr.values.slice(arr.offset * n_classes, len(arr) * n_classes)
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), n_classes)
+
+
+def _coverage_error(names: list[str], filename_cols: list[pa.ChunkedArray]) -> LogitsError:
+    """Slow path, only on a mismatch: say which teacher lacks or repeats which clips."""
+    sets = [set(c.to_pylist()) for c in filename_cols]
+    union = set().union(*sets)
+    problems = []
+    for name, col, s in zip(names, filename_cols, sets):
+        missing, duplicated = union - s, len(col) - len(s)
+        if missing or duplicated:
+            example = f", e.g. {sorted(missing)[0]!r} missing" if missing else ""
+            problems.append(f"{name!r}: {len(missing)} missing, {duplicated} duplicated{example}")
+    return LogitsError(
+        f"teachers cover different clip sets ({len(union)} clips in all): {'; '.join(problems)}; "
+        "re-score those teachers on the full clip table or leave them out with --teachers"
+    )
+
+
+def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = None) -> TeacherLogits:
+    """Read `RUN_DIR/logits/teacher=*/part-0.parquet` (or only `teachers`), aligned by filename.
+
+    Every teacher must cover exactly the same clips once, agree on split/device/label for each clip,
+    use the same classes and data fingerprint, and hold only finite logits; otherwise LogitsError.
+    """
+    run_dir = Path(run_dir)
+    paths = _discover(run_dir, teachers)
+    metas = [read_teacher_meta(p) for p in paths]
+    names = [m.name for m in metas]
+    ref = metas[0]
+    for m in metas[1:]:
+        if m.classes != ref.classes:
+            raise LogitsError(
+                f"teacher {m.name!r} has classes {m.classes} but {ref.name!r} has {ref.classes}; "
+                "re-score it with the same class list"
+            )
+        if m.fingerprint != ref.fingerprint:
+            raise LogitsError(
+                f"teacher {m.name!r} was scored on data fingerprint {m.fingerprint!r} but {ref.name!r} on "
+                f"{ref.fingerprint!r}; re-score it on the current clip table"
+            )
+    n_classes = len(ref.classes)
+    tables = [pq.read_table(p, columns=[*_ROW_COLUMNS, "logits"]) for p in paths]
+    raw_names = [t["filename"] for t in tables]
+    if len({len(t) for t in tables}) > 1 or pc.count_distinct(raw_names[0]).as_py() != len(raw_names[0]):
+        raise _coverage_error(names, raw_names)
+
+    order = pc.sort_indices(raw_names[0])
+    base = tables[0].take(order)
+    sorted_names = base["filename"]
+    logits = np.empty((len(paths), len(base), n_classes), dtype=np.float32)
+    for t, (table, meta) in enumerate(zip(tables, metas)):
+        what = f"teacher {meta.name!r} ({meta.path})"
+        # Teachers scored from the same clip table share row order: reuse the sort then.
+        idx = order if t == 0 or raw_names[t].equals(raw_names[0]) else pc.sort_indices(raw_names[t])
+        rows = table.take(idx) if t else base
+        if t and not rows["filename"].equals(sorted_names):
+            raise _coverage_error(names, raw_names)
+        for col in ("split", "device", "label"):
+            if t and not rows[col].equals(base[col]):
+                raise LogitsError(
+                    f"{what} disagrees with {names[0]!r} on the {col} of some clips; "
+                    "re-score it from the current clip table"
+                )
+        logits[t] = _fixed_list_to_numpy(rows["logits"], n_classes, what)
+        _check_finite(logits[t], what)
+    return TeacherLogits(
+        names=names,
+        filenames=sorted_names.to_numpy(),
+        splits=base["split"].to_numpy(),
+        devices=base["device"].to_numpy(),
+        labels=base["label"].to_numpy().astype(np.int64),
+        logits=logits,
+        classes=list(ref.classes),
+        configs={m.name: m.config for m in metas},
+        fingerprint=ref.fingerprint,
+    )
+
+
+def write_targets(
+    run_dir: str | os.PathLike,
+    filenames: Sequence[str] | np.ndarray,
+    splits: Sequence[str] | np.ndarray,
+    devices: Sequence[str] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    fused: np.ndarray,
+    average: np.ndarray,
+    classes: Sequence[str],
+    teachers: Sequence[str],
+    fingerprint: str,
+) -> Path:
+    """Write `RUN_DIR/fused/targets.parquet` (fused and uniform-average logits per clip), atomically."""
+    fused, average = np.asarray(fused), np.asarray(average)
+    for what, arr in (("fused targets", fused), ("averaged targets", average)):
+        if arr.ndim != 2 or arr.shape[1] != len(classes):
+            raise LogitsError(f"{what} have shape {arr.shape}, expected [clips, {len(classes)} classes]")
+        _check_finite(arr, what)
+    cols = _row_table(filenames, splits, devices, labels, len(classes), "fused targets")
+    if not len(cols["filename"]) == len(fused) == len(average):
+        raise LogitsError(f"fused targets: {len(fused)}/{len(average)} rows for {len(cols['filename'])} filenames")
+    cols["logits"] = _logits_array(fused)
+    cols["average"] = _logits_array(average)
+    meta = {"classes": json.dumps(list(classes)), "teachers": json.dumps(list(teachers)), "fingerprint": fingerprint}
+    return _write(targets_path(run_dir), cols, meta)
+
+
+def load_targets(path: str | os.PathLike, column: str = "logits") -> FusedTargets:
+    """Read fused targets (`column="logits"`) or the uniform average (`column="average"`).
+
+    `path` is the Parquet file or a run folder holding `fused/targets.parquet`.
+    """
+    if column not in ("logits", "average"):
+        raise LogitsError(f"target column {column!r} does not exist; use 'logits' (fused) or 'average'")
+    path = Path(path)
+    if path.is_dir():
+        path = targets_path(path)
+    if not path.is_file():
+        raise LogitsError(f"no fused targets at {path}; run python -m asc_dist.fusion --run RUN_DIR first")
+    meta, _, schema = _footer(path)
+    if "classes" not in meta or "teachers" not in meta or column not in schema.names:
+        raise LogitsError(f"{path}: not a fused-targets file; rewrite it with python -m asc_dist.fusion")
+    classes = json.loads(meta["classes"])
+    table = pq.read_table(path, columns=[*_ROW_COLUMNS, column])
+    table = table.take(pc.sort_indices(table["filename"]))
+    values = _fixed_list_to_numpy(table[column], len(classes), str(path))
+    _check_finite(values, f"{path} ({column})")
+    return FusedTargets(
+        filenames=table["filename"].to_numpy(),
+        splits=table["split"].to_numpy(),
+        devices=table["device"].to_numpy(),
+        labels=table["label"].to_numpy().astype(np.int64),
+        logits=values,
+        classes=classes,
+        teachers=json.loads(meta["teachers"]),
+        fingerprint=meta.get("fingerprint", ""),
+    )

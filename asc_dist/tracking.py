@@ -1,0 +1,162 @@
+"""The one place that talks to MLflow.
+
+Tracking URI: an explicit `--mlflow-uri`, else `MLFLOW_TRACKING_URI`, else a sqlite file in the run folder
+(STACK.md: the plain file store refuses to work without an opt-in; sqlite is safe for concurrent trials).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from asc_dist.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_uri(run_dir: str | os.PathLike | None, explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    base = Path(run_dir) if run_dir else Path.cwd()
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail early (before any training) when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start one with ops/mlflow_server.sh "
+            "or drop --mlflow-uri to log to a sqlite file in the run folder"
+        ) from None
+
+
+def configure(uri: str) -> None:
+    """Point this process (and Ray workers started after it) at `uri`."""
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+
+
+def experiment_id(name: str, uri: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except MlflowException:  # created concurrently by another trial
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat_params(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+@contextlib.contextmanager
+def run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator["Run"]:
+    """Start an MLflow run (nested under `parent_run_id` if given) and always end it."""
+    import mlflow
+
+    exp_id = experiment_id(experiment, uri)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    client = mlflow.MlflowClient(uri)
+    created = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    handle = Run(client, created.info.run_id)
+    status = "FAILED"
+    try:
+        if params:
+            handle.log_params(params)
+        yield handle
+        status = "FINISHED"
+    finally:
+        client.set_terminated(created.info.run_id, status=status)
+
+
+class Run:
+    """A thin handle over MlflowClient: no global active-run state, safe inside Ray workers."""
+
+    def __init__(self, client, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = _flat_params(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_figure(self, figure, name: str) -> None:
+        """Log a matplotlib figure as a PNG artifact and close it."""
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            figure.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_file(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_json(self, obj: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(obj, indent=2, default=str))
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)

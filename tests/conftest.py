@@ -1,0 +1,74 @@
+"""Shared fixtures: real audio from ../shared/data, one session-wide Ray instance, small thread counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REAL_SCENES = SHARED_DATA / "real-scenes"
+MICIRP = SHARED_DATA / "micirp"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real audio {path} is absent (it lives in ../shared/data beside the checkout)")
+    return path
+
+
+def make_real_tau(out: Path, clips_per_scene: int = 4, devices: tuple[str, ...] = ("a", "b")) -> Path:
+    """A TAU-layout dataset cut from the real TUT 2018 recordings: 48 kHz, stereo, 24-bit, 1-s clips.
+
+    Device 'b' is the same segment at a different gain, so segments are shared across devices as in TAU.
+    The first half of each scene's clips comes from location 1 (train), the rest from location 2 (evaluate).
+    """
+    src = need(REAL_SCENES / "tut2018")
+    (out / "audio").mkdir(parents=True)
+    (out / "evaluation_setup").mkdir()
+    meta, train, evaluate = [], [], []
+    for rec in sorted(src.glob("*.wav")):
+        scene = rec.stem
+        audio, sr = sf.read(rec, dtype="float64", always_2d=True)
+        for k in range(clips_per_scene):
+            loc = 1 if k < clips_per_scene // 2 else 2
+            clip = audio[k * sr : (k + 1) * sr]
+            for gain, device in zip((1.0, 0.5, 0.25), devices):
+                name = f"audio/{scene}-helsinki-{loc}-{k}-0-{device}.wav"
+                sf.write(out / name, clip * gain, sr, subtype="PCM_24")
+                meta.append(f"{name}\t{scene}\thelsinki-{loc}\t{device}")
+                (train if loc == 1 else evaluate).append(f"{name}\t{scene}")
+    (out / "meta.csv").write_text("filename\tscene_label\tidentifier\tsource_label\n" + "\n".join(meta) + "\n")
+    setup = out / "evaluation_setup"
+    (setup / "fold1_train.csv").write_text("filename\tscene_label\n" + "\n".join(train) + "\n")
+    (setup / "fold1_evaluate.csv").write_text("filename\tscene_label\n" + "\n".join(evaluate) + "\n")
+    (setup / "fold1_test.csv").write_text("filename\n" + "\n".join(r.split("\t")[0] for r in evaluate) + "\n")
+    return out
+
+
+@pytest.fixture
+def real_tau(tmp_path) -> Path:
+    return make_real_tau(tmp_path / "tau")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real Ray instance on loopback for the whole test session (ray.init takes seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
