@@ -89,8 +89,10 @@ def run(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator["Run"]:
-    """Start an MLflow run (nested under `parent_run_id` if given) and always end it."""
+    """Start an MLflow run (nested under `parent_run_id` if given), or reopen `resume_run_id` after a
+    restart; always end it (FINISHED, or FAILED on an exception)."""
     import mlflow
 
     exp_id = experiment_id(experiment, uri)
@@ -98,16 +100,20 @@ def run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     client = mlflow.MlflowClient(uri)
-    created = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    handle = Run(client, created.info.run_id)
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        run_id = resume_run_id
+    else:
+        run_id = client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+    handle = Run(client, run_id)
     status = "FAILED"
     try:
-        if params:
+        if params and not resume_run_id:
             handle.log_params(params)
         yield handle
         status = "FINISHED"
     finally:
-        client.set_terminated(created.info.run_id, status=status)
+        client.set_terminated(run_id, status=status)
 
 
 class Run:

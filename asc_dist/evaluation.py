@@ -1,0 +1,39 @@
+"""Score a model on the val and test splits and log the result (tables and pictures) to an MLflow run.
+
+One function for teachers and students alike, so a per-device table and a confusion matrix look the same
+whichever step produced them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asc_dist.metrics import Report, evaluate_predictions
+from asc_dist.tracking import Run
+
+
+def split_reports(logits: np.ndarray, labels: np.ndarray, devices: np.ndarray, splits: np.ndarray, classes: list[str]) -> dict[str, Report]:
+    """A `Report` per split present among val and test (train devices define "seen")."""
+    seen = sorted(set(devices[splits == "train"].tolist())) or None
+    out = {}
+    for split in ("val", "test"):
+        mask = splits == split
+        if mask.any():
+            out[split] = evaluate_predictions(logits[mask], labels[mask], devices[mask].tolist(), classes, seen_devices=seen)
+    return out
+
+
+def log_reports(run: Run, reports: dict[str, Report], title: str) -> dict[str, float]:
+    """Metrics (`val_acc`, `test_acc`, `test_unseen_acc`, per device ...), report JSON and PNGs into `run`."""
+    from asc_dist.plots import confusion_matrix_figure, per_device_figure
+
+    flat: dict[str, float] = {}
+    for split, report in reports.items():
+        flat.update(report.to_metrics(prefix=f"{split}_"))
+        run.log_json(report.to_dict(), f"{split}_report.json")
+    run.log_metrics(flat)
+    if "test" in reports:
+        test = reports["test"]
+        run.log_figure(confusion_matrix_figure(test.confusion, test.classes, f"{title}: test confusion"), "confusion_matrix.png")
+        run.log_figure(per_device_figure(test.per_device, f"{title}: test accuracy per device"), "per_device_accuracy.png")
+    return flat

@@ -1,0 +1,89 @@
+"""Data-parallel training of one teacher inside its Tune trial (`--workers-per-teacher W`, W > 1).
+
+The trial (a tiny CPU share) starts a Ray Train `TorchTrainer` of W workers (DDP: gloo on CPU, nccl on GPU);
+each worker trains on every W-th training clip, rank 0 checkpoints and logs to MLflow, and Ray Train
+restarts the worker group from the last checkpoint after a failure. The trial then scores every clip with
+the final weights and writes the logits like a single-worker trial.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from asc_dist import tracking
+from asc_dist.audio.store import WaveformStore
+from asc_dist.roster import TeacherConfig
+from asc_dist.teacher_trial import TeacherRunContext, build_model, finish_teacher, make_trainer, open_mlflow_run
+
+
+def ddp_resources(workers: int, cpus: float, gpus: float) -> dict:
+    """The trial itself only coordinates (zero is rejected, so a sliver); workers ask for the real resources."""
+    return {"cpu": 0.01}
+
+
+def _worker_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    t = TeacherConfig(**config["teacher"])
+    ctx = TeacherRunContext(**config["context"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    store = WaveformStore(ctx.store)
+    trainer = make_trainer(t, ctx, store, shard=(rank, world), wrap=ray.train.torch.prepare_model)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            trainer.load_state_dict(torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)["trainer"])
+    mlrun = tracking.Run(__import__("mlflow").MlflowClient(ctx.mlflow_uri), config["mlflow_run_id"]) if rank == 0 else None
+
+    def on_epoch(result) -> None:
+        metrics = {**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name}
+        if rank == 0:
+            mlrun.log_metrics(result.metrics, step=result.epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({"trainer": trainer.state_dict()}, Path(tmp) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    trainer.fit(on_epoch)
+
+
+def ddp_trainable(config: dict) -> None:
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    t = TeacherConfig(**config["teacher"])
+    ctx = TeacherRunContext(**config["context"])
+    workers = int(config["workers"])
+    start = time.perf_counter()
+    store = WaveformStore(ctx.store)
+    model = build_model(t, len(store.classes))
+    params = sum(p.numel() for p in model.parameters())
+    use_gpu = ctx.device == "cuda"
+    with open_mlflow_run(t, ctx, params) as mlrun:
+        mlrun.set_tags({"workers": workers})
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={**config, "mlflow_run_id": mlrun.run_id},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": max(1, ctx.threads), **({"GPU": 1} if use_gpu else {})}),
+            run_config=RunConfig(
+                name=f"ddp-{t.name}", storage_path=str(Path(ctx.run_dir) / "ray_results" / "ddp"),
+                failure_config=FailureConfig(max_failures=2), callbacks=[TuneReportCallback()],
+            ),
+        )
+        result = trainer.fit()
+        with result.checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)["trainer"]
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
+        from asc_dist.features import FRONT_ENDS, LogMel
+
+        summary = finish_teacher(t, ctx, store, model, LogMel(FRONT_ENDS[model.front_end]), "cpu", mlrun, state["history"], start)
+    tune.report({**summary, "workers": workers, "done": 1})

@@ -1,0 +1,183 @@
+"""What runs inside one Ray Tune trial: train one teacher, checkpoint every epoch, score every clip, write logits.
+
+A trial restarted after a failure (Tune's FailureConfig) resumes from its last checkpoint, including its
+MLflow run. Logits are written once, atomically, after training: a crash can never leave a partial file
+or duplicate rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asc_dist import tracking
+from asc_dist.audio.store import WaveformStore
+from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
+from asc_dist.evaluation import log_reports, split_reports
+from asc_dist.features import FRONT_ENDS, LogMel
+from asc_dist.logits import write_teacher_logits
+from asc_dist.roster import TeacherConfig
+from asc_dist.train import OptimConfig, Trainer, pick_device, predict
+
+log = logging.getLogger(__name__)
+FAIL_ONCE_ENV = "ASC_DIST_FAIL_ONCE"  # test-only switch: name of a teacher whose trial fails once after epoch 1
+
+
+@dataclass(frozen=True)
+class TeacherRunContext:
+    """Everything a trial needs besides its teacher config (crosses the Ray boundary as a dict)."""
+
+    run_dir: str
+    store: str
+    val_fraction: float
+    val_seed: int
+    fingerprint: str
+    mlflow_uri: str
+    experiment: str
+    dirs: str | None
+    device: str = "auto"
+    threads: int = 1
+
+
+def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
+    return AugmentConfig(
+        dir_p=t.dir_p,
+        roll_max_s=t.roll / sample_rate,
+        mixup_alpha=t.mixup_alpha,
+        freqm=t.freqm,
+        timem=t.timem,
+        fms_p=t.fms_p,
+        fms_alpha=t.fms_alpha,
+    )
+
+
+def build_model(t: TeacherConfig, n_classes: int) -> torch.nn.Module:
+    from teachers.registry import build_teacher
+
+    extra = {}
+    if t.family == "passt":
+        extra = {"s_patchout_f": t.s_patchout_f, "s_patchout_t": t.s_patchout_t}
+    return build_teacher(t.family, t.size, n_classes=n_classes, weights=t.weights, **extra)
+
+
+def _fail_once_if_asked(t: TeacherConfig, run_dir: str, epoch: int) -> None:
+    if os.environ.get(FAIL_ONCE_ENV) != t.name or epoch != 1:
+        return
+    marker = Path(run_dir) / f".failed-once-{t.name}"
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected failure for teacher {t.name} after epoch 1 ({FAIL_ONCE_ENV})")
+
+
+def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, shard: tuple[int, int] | None = None, wrap=None) -> Trainer:
+    """The teacher's model, front end, augmentations and optimiser; `shard=(rank, world)` keeps every
+    world-th training clip (data-parallel workers), `wrap` wraps the model (e.g. DDP)."""
+    torch.set_num_threads(max(1, ctx.threads))
+    train, val = store.split("train", ctx.val_fraction, ctx.val_seed), store.split("val", ctx.val_fraction, ctx.val_seed)
+    if shard is not None:
+        rank, world = shard
+        train = replace(train, table=train.table.take(slice(rank, None, world)), rows=train.rows[rank::world])
+    torch.manual_seed(t.seed)
+    model = build_model(t, len(store.classes))
+    front = LogMel(FRONT_ENDS[model.front_end])
+    aug = augment_config(t, store.sample_rate)
+    bank = ImpulseResponseBank.load(ctx.dirs, store.sample_rate) if aug.needs_impulse_responses else None
+    wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
+    if wrap is not None:
+        model = wrap(model)
+    return Trainer(
+        model, front, train, val,
+        OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed),
+        wave_aug=wave_aug, spec_aug=spec_aug, device="auto" if ctx.device == "cuda" else "cpu", name=t.name,
+    )
+
+
+def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resume_run_id: str | None = None):
+    return tracking.run(
+        ctx.mlflow_uri, ctx.experiment, t.name, params={**t.to_dict(), "params": params, "fingerprint": ctx.fingerprint},
+        tags={"asc_dist.step": "teacher", "family": t.family}, resume_run_id=resume_run_id,
+    )
+
+
+def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
+    """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
+    table = store.table(ctx.val_fraction, ctx.val_seed)
+    splits = [s for s in ("train", "val", "test") if (table.split == s).any()]
+    logits = np.concatenate([predict(model, front, store.split(s, ctx.val_fraction, ctx.val_seed), device=device) for s in splits])
+    rows = table.take(np.concatenate([np.flatnonzero(table.split == s) for s in splits]))
+    reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
+    flat = log_reports(mlrun, reports, t.name)
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    params = sum(p.numel() for p in model.parameters())
+    config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node}
+    write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
+    wall = time.perf_counter() - start
+    mlrun.log_metrics({"wall_s": wall})
+    return {
+        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "wall_s": wall,
+        "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
+        "unseen_acc": flat.get("test_unseen_accuracy"), "epochs_trained": len(history),
+        "clips_per_s": float(np.mean([h["clips_per_s"] for h in history])) if history else None,
+    }
+
+
+def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, checkpoint_dir: str | None = None) -> dict:
+    """Train, score and write one teacher. `report(metrics, state_dir)` is called after every epoch."""
+    start = time.perf_counter()
+    store = WaveformStore(ctx.store)
+    trainer = make_trainer(t, ctx, store)
+    mlflow_run_id = None
+    if checkpoint_dir:
+        state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        mlflow_run_id = state.get("mlflow_run_id")
+        log.info("[%s] resumed from checkpoint after epoch %d", t.name, trainer.epoch)
+    params = sum(p.numel() for p in trainer.model.parameters())
+    with open_mlflow_run(t, ctx, params, mlflow_run_id) as mlrun:
+
+        def on_epoch(result) -> None:
+            mlrun.log_metrics(result.metrics, step=result.epoch)
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id}, Path(tmp) / "state.pt")
+                if report is not None:
+                    report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name}, tmp)
+            _fail_once_if_asked(t, ctx.run_dir, result.epoch)
+
+        trainer.fit(on_epoch)
+        return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start)
+
+
+def tune_trainable(config: dict) -> None:
+    """Ray Tune function trainable: one teacher per trial, a checkpoint per epoch."""
+    from ray import tune
+
+    t = TeacherConfig(**config["teacher"])
+    ctx = TeacherRunContext(**config["context"])
+    ckpt = tune.get_checkpoint()
+
+    def report(metrics: dict, state_dir: str) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(state_dir))
+
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            local = tempfile.mkdtemp()
+            import shutil
+
+            shutil.copy(Path(d) / "state.pt", Path(local) / "state.pt")
+        summary = train_teacher(t, ctx, report, local)
+    else:
+        summary = train_teacher(t, ctx, report)
+    tune.report({**summary, "done": 1})
+
+
+def context_dict(ctx: TeacherRunContext) -> dict:
+    return asdict(ctx)

@@ -1,0 +1,239 @@
+"""`python -m asc_dist.teachers --n 12`: train N teachers in parallel with Ray Tune; logits to Parquet.
+
+One function trial per teacher, as many at once as the cluster's resources allow (fractional GPUs work).
+Every trial checkpoints each epoch and a failed trial restarts from its last checkpoint (FailureConfig).
+A teacher whose logits already exist with the same config and data fingerprint is skipped; `--force`
+retrains. `--workers-per-teacher W` trains each teacher data-parallel over W Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from asc_dist import tracking
+from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.errors import ConfigError
+from asc_dist.logits import read_teacher_meta, teacher_logits_path
+from asc_dist.prepare import DataConfig, prepare_store
+from asc_dist.roster import TeacherConfig, load_roster, take
+from asc_dist.teacher_trial import TeacherRunContext
+
+log = logging.getLogger("asc_dist.teachers")
+MANIFEST = "teachers.json"
+
+
+@dataclass
+class TeachersConfig:
+    run_dir: str
+    data: DataConfig
+    n: int | None = None
+    roster: str | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    size: str | None = None
+    passt_weights: str | None = None
+    cpus_per_teacher: float = 1.0
+    gpus_per_teacher: float = 0.0
+    workers_per_teacher: int = 1
+    address: str | None = None
+    experiment: str = "teachers"
+    mlflow_uri: str | None = None
+    max_failures: int = 2
+    force: bool = False
+
+
+def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
+    """Fail before any training on unknown families/sizes or missing weight files; turn DIR off without IRs."""
+    from teachers.registry import teacher_sizes
+
+    for t in teachers:
+        if t.size not in teacher_sizes(t.family):
+            raise ConfigError(f"teacher {t.name}: family {t.family!r} has no size {t.size!r}; choose one of {', '.join(teacher_sizes(t.family))}")
+        if t.weights and not Path(t.weights).is_file():
+            raise ConfigError(f"teacher {t.name}: weights file {t.weights} does not exist; give a local checkpoint path (nothing is downloaded)")
+        if t.epochs < 1 or t.lr <= 0 or t.batch_size < 1:
+            raise ConfigError(f"teacher {t.name}: epochs, lr and batch_size must be positive")
+    if dirs is None:
+        off = [t.name for t in teachers if t.dir_p > 0]
+        if off:
+            log.warning("DIR augmentation off for %s: no --dirs given (e.g. --dirs ../shared/data/micirp)", ", ".join(off))
+        teachers = [replace(t, dir_p=0.0) for t in teachers]
+    elif not Path(dirs).is_dir():
+        raise ConfigError(f"--dirs {dirs} is not a folder of impulse-response wav files")
+    return teachers
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); pass --out to a writable folder") from None
+
+
+def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str) -> bool:
+    path = teacher_logits_path(run_dir, t.name)
+    if not path.is_file():
+        return False
+    try:
+        meta = read_teacher_meta(path)
+    except Exception:  # noqa: BLE001 - an unreadable file means: train again
+        return False
+    return meta.fingerprint == fingerprint and meta.config.get("config_hash") == t.config_hash()
+
+
+def run_teachers(cfg: TeachersConfig) -> list[dict]:
+    """Train the teachers that are not done yet; return one summary row per teacher of the roster."""
+    quiet_third_party()
+    run_dir = Path(cfg.run_dir).resolve()
+    check_writable(run_dir)
+    roster = take(load_roster(cfg.roster), cfg.n, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, size=cfg.size)
+    if cfg.passt_weights:
+        roster = [replace(t, weights=cfg.passt_weights) if t.family == "passt" else t for t in roster]
+    if cfg.workers_per_teacher < 1:
+        raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
+    roster = validate_teachers(roster, cfg.data.dirs)
+    uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
+    tracking.check_reachable(uri)
+    store = prepare_store(cfg.data, run_dir)
+    todo = [t for t in roster if cfg.force or not is_done(run_dir, t, store.fingerprint)]
+    skipped = [t.name for t in roster if t not in todo]
+    if skipped:
+        log.info("skipping %d teacher(s) with up-to-date logits: %s", len(skipped), ", ".join(skipped))
+    results: dict[str, dict] = {}
+    if todo:
+        tracking.experiment_id(cfg.experiment, uri)  # create the store once, before trials race to migrate it
+        ctx = TeacherRunContext(
+            run_dir=str(run_dir), store=str(store.path.resolve()), val_fraction=cfg.data.val_fraction,
+            val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
+            dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
+            device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
+        )
+        results = _tune(todo, ctx, cfg, run_dir)
+    rows = _manifest(run_dir, roster, results, store.fingerprint)
+    print(format_summary(rows))
+    failed = [t.name for t in todo if t.name not in results]
+    if failed:
+        raise ConfigError(f"teacher(s) {', '.join(failed)} failed after {cfg.max_failures} retries; see the log in {run_dir / 'ray_results'}")
+    return rows
+
+
+def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path) -> dict[str, dict]:
+    from ray import tune
+
+    from asc_dist.cluster import connect
+    from asc_dist.progress import EpochProgress
+    from asc_dist.teacher_trial import context_dict, tune_trainable
+
+    connect(cfg.address)
+    if cfg.workers_per_teacher > 1:
+        from asc_dist.teacher_ddp import ddp_trainable, ddp_resources
+
+        trainable = tune.with_resources(ddp_trainable, ddp_resources(cfg.workers_per_teacher, cfg.cpus_per_teacher, cfg.gpus_per_teacher))
+    else:
+        trainable = tune.with_resources(tune_trainable, {"cpu": cfg.cpus_per_teacher, "gpu": cfg.gpus_per_teacher})
+    param_space = {
+        "teacher": tune.grid_search([t.to_dict() for t in todo]),
+        "context": context_dict(ctx),
+        "workers": cfg.workers_per_teacher,
+    }
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=None),
+        run_config=tune.RunConfig(
+            name=f"teachers-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(run_dir / "ray_results"),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[EpochProgress("teacher")],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    results = {}
+    for result in grid:
+        metrics = result.metrics or {}
+        if result.error is None and metrics.get("done"):
+            results[metrics["teacher"]] = metrics
+    return results
+
+
+def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dict], fingerprint: str) -> list[dict]:
+    """Update RUN_DIR/teachers.json: every teacher with config, params, accuracies (kept across reruns)."""
+    from asc_dist.atomic import write_text_atomic
+
+    path = run_dir / MANIFEST
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    entries = old.get("teachers", {})
+    keys = ("teacher", "family", "params", "val_acc", "test_acc", "unseen_acc", "wall_s", "clips_per_s", "node_id", "epochs_trained")
+    for t in roster:
+        if t.name in results:
+            entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}
+    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "teachers": entries}, indent=2))
+    return [entries[t.name] for t in roster if t.name in entries]
+
+
+def format_summary(rows: list[dict]) -> str:
+    def pct(x):
+        return f"{100 * x:6.2f}" if isinstance(x, (int, float)) else "     -"
+
+    lines = [f"{'teacher':<20} {'family':<12} {'params':>10} {'val acc':>8} {'test acc':>8} {'unseen':>8} {'wall s':>8}"]
+    for r in rows:
+        wall = f"{r['wall_s']:8.1f}" if isinstance(r.get("wall_s"), (int, float)) else "       -"
+        lines.append(f"{r['teacher']:<20} {r['family']:<12} {r['params']:>10,} {pct(r['val_acc']):>8} {pct(r['test_acc']):>8} {pct(r['unseen_acc']):>8} {wall}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asc_dist.teachers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=None, help="take the first N teachers of the roster (default: all)")
+    p.add_argument("--roster", default=None, help="roster YAML (default: the built-in 12-teacher roster)")
+    p.add_argument("--data", default=None, help="TAU-layout dataset folder (default: generate the synthetic one in OUT/data)")
+    p.add_argument("--store", default=None, help="packed waveform store folder (default DATA/packed/sr32000)")
+    p.add_argument("--out", "--run", dest="out", default="runs/default", help="run folder (logits, MLflow db, manifest)")
+    p.add_argument("--dirs", default=None, help="folder of device impulse responses for DIR augmentation")
+    p.add_argument("--epochs", type=int, default=None, help="override every teacher's epochs")
+    p.add_argument("--lr", type=float, default=None, help="override every teacher's learning rate")
+    p.add_argument("--batch-size", type=int, default=None, help="override every teacher's batch size")
+    p.add_argument("--size", default=None, help="override every teacher's size (e.g. tiny)")
+    p.add_argument("--passt-weights", default=None, help="local PaSST checkpoint (AudioSet or fine-tuned)")
+    p.add_argument("--cpus-per-teacher", type=float, default=1.0)
+    p.add_argument("--gpus-per-teacher", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
+    p.add_argument("--workers-per-teacher", type=int, default=1, help="W > 1: data-parallel (DDP) training per teacher")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start Ray here")
+    p.add_argument("--experiment", default="teachers", help="MLflow experiment")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default MLFLOW_TRACKING_URI or sqlite in OUT)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
+    p.add_argument("--force", action="store_true", help="retrain teachers whose logits exist")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    data = DataConfig(root=args.data, store=args.store, val_fraction=args.val_fraction, dirs=args.dirs)
+    cfg = TeachersConfig(
+        run_dir=args.out, data=data, n=args.n, roster=args.roster, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, size=args.size, passt_weights=args.passt_weights,
+        cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
+        workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
+        mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force,
+    )
+    run_teachers(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

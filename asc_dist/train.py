@@ -1,0 +1,205 @@
+"""The one training loop, shared by teachers and students.
+
+Waveforms come from the packed store; augmentation of waveforms (DIR/ADIR, roll, stretch, mixup) and of
+log-mels (Freq-MixStyle, masking) happens on the compute device inside the step; the loss is a plug-in
+(plain cross-entropy for teachers, the KD loss for students). Each epoch ends with a validation pass and an
+`on_epoch` callback that may checkpoint (`Trainer.state_dict()` is everything a resume needs).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asc_dist.audio.store import SplitData
+from asc_dist.augment import MixInfo, SpecPipeline, WavePipeline
+from asc_dist.batches import Batch, BatchLoader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1  # of all steps, linear warm-up, then cosine decay to 0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LossFn = Callable[[torch.Tensor, Batch, torch.Tensor, "MixInfo | None"], tuple[torch.Tensor, dict[str, float]]]
+
+
+def cross_entropy_loss(logits: torch.Tensor, batch: Batch, labels: torch.Tensor, mix: MixInfo | None) -> tuple[torch.Tensor, dict[str, float]]:
+    if mix is None:
+        loss = F.cross_entropy(logits, labels)
+    else:
+        per = mix.lam * F.cross_entropy(logits, labels, reduction="none")
+        per = per + (1 - mix.lam) * F.cross_entropy(logits, labels[mix.perm], reduction="none")
+        loss = per.mean()
+    return loss, {"ce": float(loss.detach())}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
+    """Logits [N, C] for every clip of `data` in its table order (clean audio, eval mode)."""
+    device = torch.device(device)
+    model.eval()
+    front_end.eval()
+    out = []
+    for batch in BatchLoader(data, batch_size, shuffle=False):
+        spec = front_end(torch.from_numpy(batch.waves).to(device))
+        out.append(model(spec).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    epochs: int
+    metrics: dict[str, float]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        front_end: nn.Module,
+        train: SplitData,
+        val: SplitData | None,
+        optim: OptimConfig,
+        loss_fn: LossFn = cross_entropy_loss,
+        wave_aug: WavePipeline | None = None,
+        spec_aug: SpecPipeline | None = None,
+        device: str = "auto",
+        name: str = "model",
+    ):
+        self.device = pick_device(device)
+        self.model = model.to(self.device)
+        self.front_end = front_end.to(self.device)
+        self.train_data, self.val_data = train, val
+        self.cfg = optim
+        self.loss_fn = loss_fn
+        self.wave_aug = wave_aug.to(self.device) if wave_aug is not None else None
+        self.spec_aug = spec_aug.to(self.device) if spec_aug is not None else None
+        self.name = name
+        self.loader = BatchLoader(train, optim.batch_size, shuffle=True, seed=optim.seed, drop_last=len(train) > optim.batch_size)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        total = max(1, optim.epochs * len(self.loader))
+        warm = max(1, int(optim.warmup_fraction * total))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.loader.epoch = self.epoch
+        torch.set_rng_state(state["rng"])
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        self.front_end.train()
+        self.loader.wait_s = 0.0
+        total_loss, correct, seen, parts_sum = 0.0, 0, 0, {}
+        start = time.perf_counter()
+        for batch in self.loader:
+            waves = torch.from_numpy(batch.waves).to(self.device, non_blocking=True)
+            labels = torch.from_numpy(batch.labels).to(self.device)
+            mix = None
+            if self.wave_aug is not None:
+                self.wave_aug.train()
+                waves, mix = self.wave_aug(waves, batch.devices)
+            spec = self.front_end(waves)
+            if self.spec_aug is not None and len(self.spec_aug):
+                self.spec_aug.train()
+                spec = self.spec_aug(spec)
+            logits = self.model(spec)
+            loss, parts = self.loss_fn(logits, batch, labels, mix)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.name}: non-finite training loss at epoch {self.epoch + 1}; lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            n = len(batch.labels)
+            total_loss += float(loss.detach()) * n
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * n
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += n
+        elapsed = time.perf_counter() - start
+        metrics = {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        metrics.update({f"train_{k}": v / max(seen, 1) for k, v in parts_sum.items()})
+        metrics["clips_per_s"] = seen / max(elapsed, 1e-9)
+        metrics["data_wait_share"] = self.loader.wait_s / max(elapsed, 1e-9)
+        metrics["epoch_s"] = elapsed
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        if self.val_data is None or len(self.val_data) == 0:
+            return {}
+        logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device))
+        labels = torch.from_numpy(self.val_data.table.label)
+        return {
+            "val_loss": float(F.cross_entropy(logits, labels)),
+            "val_acc": float((logits.argmax(1) == labels).float().mean()),
+        }
+
+    def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[dict[str, float]]:
+        torch.manual_seed(self.cfg.seed + self.epoch)
+        start = time.perf_counter()
+        first = self.epoch
+        while self.epoch < self.cfg.epochs:
+            metrics = self.train_epoch()
+            metrics.update(self.validate())
+            self.epoch += 1
+            self.history.append(metrics)
+            done = self.epoch - first
+            eta = (time.perf_counter() - start) / done * (self.cfg.epochs - self.epoch)
+            log.info(
+                "[%s] epoch %d/%d loss %.3f acc %.3f%s | %.0f clips/s | ETA %.0f s",
+                self.name, self.epoch, self.cfg.epochs, metrics["train_loss"], metrics["train_acc"],
+                f" val_acc {metrics['val_acc']:.3f}" if "val_acc" in metrics else "",
+                metrics["clips_per_s"], eta,
+            )
+            if on_epoch is not None:
+                on_epoch(EpochResult(self.epoch, self.cfg.epochs, metrics))
+        return self.history
