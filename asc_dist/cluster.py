@@ -11,7 +11,7 @@ from asc_dist.errors import ClusterError
 log = logging.getLogger(__name__)
 
 # Environment our workers need wherever they run (a remote cluster does not inherit the driver's).
-_FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS", "ASC_DIST_FAIL_ONCE", "HF_HUB_OFFLINE", "TORCH_HOME")
+_FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS", "HF_HUB_OFFLINE", "TORCH_HOME")
 
 
 def _probe(address: str, timeout_s: float = 3.0) -> None:

@@ -6,7 +6,9 @@ the fit starts there and an L2 penalty l2 * (||w - 1/T||^2 + ||b||^2) pulls towa
 validation clips the fusion falls back to the average instead of overfitting. The penalty on b also picks
 the zero-mean bias among the shift-equivalent ones (softmax ignores a constant added to every class).
 The objective is convex in (w, b); LBFGS with a strong-Wolfe line search in float64 solves it in tens of
-iterations.
+iterations. The weights are not constrained to sum to one, so the fit also learns the ensemble's
+temperature: fused logits are usually sharper than the average, which matters for the KD temperature.
+It is fitted on validation clips because teachers are overconfident on the clips they were trained on.
 
     python -m asc_dist.fusion --run RUN_DIR [--teachers a,b] [--select K] [--experiment NAME] [--mlflow-uri URI]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
 from asc_dist.errors import ConfigError, LogitsError
 from asc_dist.logits import TeacherLogits, load_teachers, targets_path, write_targets
+from asc_dist.metrics import evaluate_predictions, order_devices
+from asc_dist.plots import bar_figure
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +98,12 @@ def fit_fusion(
     throughout: strong-Wolfe line searches stall on float32 loss noise at 10^5-10^6 rows.
     """
     start = time.perf_counter()
-    logits_np = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-    n_teachers, n_rows, n_classes = logits_np.shape
+    src = logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+    n_teachers, n_rows, n_classes = src.shape
     if n_rows == 0:
         raise LogitsError("no rows to fit the fusion on; the validation split is empty")
-    x = torch.from_numpy(np.ascontiguousarray(logits_np.transpose(0, 2, 1), dtype=np.float64))
+    x = torch.empty((n_teachers, n_classes, n_rows), dtype=torch.float64)  # one copy, no float32 temporary
+    x.copy_(src.transpose(1, 2))
     x = x.view(n_teachers, n_classes * n_rows)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     w0 = 1.0 / n_teachers
@@ -168,81 +174,99 @@ def select_teachers(
     return steps
 
 
-def _summary(nll: np.ndarray, correct: np.ndarray) -> dict[str, float | int] | None:
-    return {"loss": float(nll.mean()), "acc": float(correct.mean()), "n": int(nll.size)} if nll.size else None
+def _num(x: float) -> float | None:
+    """JSON-safe float: None for the NaN that marks a group without clips."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _grouped(nll: np.ndarray, correct: np.ndarray, keys: np.ndarray) -> dict[Any, dict]:
+def _mean_by(values: np.ndarray, keys: np.ndarray) -> dict[Any, float]:
     names, inverse = np.unique(keys, return_inverse=True)
-    n = np.bincount(inverse, minlength=len(names))
-    loss = np.bincount(inverse, nll, minlength=len(names)) / n
-    acc = np.bincount(inverse, correct, minlength=len(names)) / n
-    return {k: {"loss": float(l), "acc": float(a), "n": int(c)} for k, l, a, c in zip(names, loss, acc, n)}
+    sums = np.bincount(inverse, values, minlength=len(names))
+    return {k: float(v) for k, v in zip(names.tolist(), sums / np.bincount(inverse, minlength=len(names)))}
 
 
 def _evaluate(z: np.ndarray, data: TeacherLogits, seen: list[str]) -> dict[str, dict | None]:
-    """Val and test log loss and accuracy; on test also seen/unseen devices, per device and per class."""
-    z = z.astype(np.float64)
-    top = z.max(axis=1)
-    lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
-    nll = lse - z[np.arange(len(z)), data.labels]
-    correct = (z.argmax(axis=1) == data.labels).astype(np.float64)
+    """Val and test log loss and accuracy; on test also seen/unseen devices, per device and per class.
+
+    Accuracies come from `asc_dist.metrics` (the one metrics implementation); the per-group log losses,
+    which its Report does not split, are added here.
+    """
     out: dict[str, dict | None] = {}
     for split in (FIT_SPLIT, "test"):
         m = data.mask(split)
-        out[split] = _summary(nll[m], correct[m])
-        if split != "test" or out[split] is None:
+        if not m.any():
+            out[split] = None
             continue
-        devices = data.devices[m]
-        is_seen = np.isin(devices, seen)
-        for tag, sel in (("seen", is_seen), ("unseen", ~is_seen)):
-            part = _summary(nll[m][sel], correct[m][sel]) or {"loss": None, "acc": None}
-            out[split][f"{tag}_loss"], out[split][f"{tag}_acc"] = part["loss"], part["acc"]
-        per_device = _grouped(nll[m], correct[m], devices)
-        out[split]["per_device"] = {d: {**v, "seen": d in seen} for d, v in per_device.items()}
-        per_class = _grouped(nll[m], correct[m], data.labels[m])
-        out[split]["per_class"] = {data.classes[c]: v for c, v in per_class.items()}
+        zs, labels, devices = z[m].astype(np.float64), data.labels[m], data.devices[m]
+        r = evaluate_predictions(zs, labels, devices, data.classes, seen_devices=seen)
+        out[split] = {"loss": r.log_loss, "acc": r.accuracy, "n": r.n}
+        if split != "test":
+            continue
+        top = zs.max(axis=1)
+        nll = top + np.log(np.exp(zs - top[:, None]).sum(axis=1)) - zs[np.arange(len(zs)), labels]
+        unseen = np.isin(devices, r.unseen_devices)
+        device_loss, class_loss = _mean_by(nll, devices), _mean_by(nll, labels)
+        class_counts = r.confusion.sum(axis=1)
+        out[split].update(
+            macro_class_acc=_num(r.macro_class_accuracy),
+            seen_acc=_num(r.seen_accuracy),
+            unseen_acc=_num(r.unseen_accuracy),
+            seen_loss=float(nll[~unseen].mean()) if (~unseen).any() else None,
+            unseen_loss=float(nll[unseen].mean()) if unseen.any() else None,
+            unseen_devices=list(r.unseen_devices),
+            per_device={
+                d: {"acc": _num(acc), "loss": device_loss[d], "n": r.device_counts[d], "seen": d not in r.unseen_devices}
+                for d, acc in r.per_device.items()
+            },
+            per_class={
+                c: {"acc": _num(r.per_class[c]), "loss": class_loss.get(k), "n": int(class_counts[k])}
+                for k, c in enumerate(data.classes)
+            },
+            confusion=r.confusion.tolist(),
+        )
     return out
 
 
 def _weights_figure(weights: dict[str, float]):
-    """Bar chart of the fitted teacher weights against the uniform 1/T of the average."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(max(4.0, 0.5 * len(weights) + 2), 3.2))
-    ax = fig.add_subplot()
-    ax.bar(list(weights), list(weights.values()), color="tab:blue")
-    ax.axhline(1.0 / len(weights), color="tab:gray", linestyle="--", label="average (1/T)")
-    ax.set_title("Fusion weight per teacher (eq. 4)")
-    ax.set_ylabel("weight")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.legend()
+    """Bar chart of the fitted teacher weights, with the uniform 1/T of the average for comparison."""
+    fig = bar_figure(list(weights), list(weights.values()), "Fusion weight per teacher (eq. 4)", "weight")
+    ax = fig.axes[0]
+    ax.axhline(1.0 / len(weights), color="gray", linestyle="--", label="average (1/T)")
+    ax.legend(fontsize=7)
     return fig
 
 
 def _seen_devices(data: TeacherLogits) -> list[str]:
     """Devices present in training (s4-s6 are absent from TAU22 train); falls back to the fit split."""
     train = data.mask("train")
-    return sorted(set(data.devices[train if train.any() else data.mask(FIT_SPLIT)]))
+    return order_devices(list(set(data.devices[train if train.any() else data.mask(FIT_SPLIT)])))
 
 
-def _evaluate_all(data: TeacherLogits, fused_names: list[str], w, b) -> dict[str, dict]:
+def _evaluate_all(data: TeacherLogits, fused_names: list[str], w, b) -> dict[str, Any]:
+    """{"teachers": {name: metrics}, "average": metrics, "fusion": metrics} (average of the fused set)."""
     seen = _seen_devices(data)
-    systems = {name: data.logits[i] for i, name in enumerate(data.names)}
     chosen = data.subset(fused_names).logits
-    systems["average"] = average(chosen)
-    systems["fusion"] = fuse(chosen, w, b)
-    return {name: _evaluate(z, data, seen) for name, z in systems.items()}
+    return {
+        "teachers": {name: _evaluate(data.logits[i], data, seen) for i, name in enumerate(data.names)},
+        "average": _evaluate(average(chosen), data, seen),
+        "fusion": _evaluate(fuse(chosen, w, b), data, seen),
+    }
 
 
-def _table(results: dict[str, dict], weights: dict[str, float]) -> str:
+def _systems(results: dict[str, Any]) -> list[tuple[str, str, dict]]:
+    """(display name, metric prefix, metrics) for every teacher, then the average and the fusion."""
+    rows = [(name, f"teacher.{name}", res) for name, res in results["teachers"].items()]
+    return rows + [("average", "average", results["average"]), ("fusion", "fusion", results["fusion"])]
+
+
+def _table(results: dict[str, Any], weights: dict[str, float]) -> str:
     def cell(part: dict | None, key: str) -> str:
         return f"{part[key]:.4f}" if part and part.get(key) is not None else "-"
 
     head = f"{'system':<24}{'weight':>8}{'val loss':>10}{'val acc':>9}{'test loss':>11}{'test acc':>10}{'unseen acc':>12}"
     lines = [head, "-" * len(head)]
-    for name, res in results.items():
-        weight = f"{weights[name]:.3f}" if name in weights else "-"
+    for name, prefix, res in _systems(results):
+        weight = f"{weights[name]:.3f}" if prefix.startswith("teacher.") and name in weights else "-"
         val, test = res.get("val"), res.get("test")
         lines.append(
             f"{name:<24}{weight:>8}{cell(val, 'loss'):>10}{cell(val, 'acc'):>9}"
@@ -258,16 +282,17 @@ def _mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {f"weight.{safe(k)}": v for k, v in report["weights"].items()}
     out.update({f"bias.{safe(k)}": v for k, v in report["biases"].items()})
     out.update({f"fit.{k}": float(v) for k, v in report["convergence"].items()})
-    for name, res in report["results"].items():
-        prefix = name if name in ("average", "fusion") else f"teacher.{safe(name)}"
+    for name, prefix, res in _systems(report["results"]):
+        prefix = safe(prefix)
         for split in ("val", "test"):
             for key in ("loss", "acc", "seen_acc", "unseen_acc"):
                 if res.get(split) and res[split].get(key) is not None:
                     out[f"{prefix}.{split}_{key}"] = res[split][key]
-        if name in ("average", "fusion") and res.get("test"):
+        if prefix in ("average", "fusion") and res.get("test"):
             for dev, m in res["test"]["per_device"].items():
-                out[f"{prefix}.test_acc.{safe(dev)}"] = m["acc"]
-                out[f"{prefix}.test_loss.{safe(dev)}"] = m["loss"]
+                if m["acc"] is not None:
+                    out[f"{prefix}.test_acc.{safe(dev)}"] = m["acc"]
+                    out[f"{prefix}.test_loss.{safe(dev)}"] = m["loss"]
     return out
 
 

@@ -224,32 +224,24 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, n_classes: int, what: 
     return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), n_classes)
 
 
-def _coverage_error(names: list[str], filename_cols: list[pa.ChunkedArray]) -> LogitsError:
-    """Slow path, only on a mismatch: say which teacher lacks or repeats which clips."""
-    sets = [set(c.to_pylist()) for c in filename_cols]
+def _coverage_error(metas: list[TeacherMeta]) -> LogitsError:
+    """Slow path, only on a mismatch: re-read the filenames and say which teacher lacks or repeats which clips."""
+    cols = [pq.read_table(m.path, columns=["filename"])["filename"] for m in metas]
+    sets = [set(c.to_pylist()) for c in cols]
     union = set().union(*sets)
     problems = []
-    for name, col, s in zip(names, filename_cols, sets):
+    for meta, col, s in zip(metas, cols, sets):
         missing, duplicated = union - s, len(col) - len(s)
         if missing or duplicated:
             example = f", e.g. {sorted(missing)[0]!r} missing" if missing else ""
-            problems.append(f"{name!r}: {len(missing)} missing, {duplicated} duplicated{example}")
+            problems.append(f"{meta.name!r}: {len(missing)} missing, {duplicated} duplicated{example}")
     return LogitsError(
         f"teachers cover different clip sets ({len(union)} clips in all): {'; '.join(problems)}; "
         "re-score those teachers on the full clip table or leave them out with --teachers"
     )
 
 
-def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = None) -> TeacherLogits:
-    """Read `RUN_DIR/logits/teacher=*/part-0.parquet` (or only `teachers`), aligned by filename.
-
-    Every teacher must cover exactly the same clips once, agree on split/device/label for each clip,
-    use the same classes and data fingerprint, and hold only finite logits; otherwise LogitsError.
-    """
-    run_dir = Path(run_dir)
-    paths = _discover(run_dir, teachers)
-    metas = [read_teacher_meta(p) for p in paths]
-    names = [m.name for m in metas]
+def _check_same_meta(metas: list[TeacherMeta]) -> None:
     ref = metas[0]
     for m in metas[1:]:
         if m.classes != ref.classes:
@@ -262,29 +254,43 @@ def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = N
                 f"teacher {m.name!r} was scored on data fingerprint {m.fingerprint!r} but {ref.name!r} on "
                 f"{ref.fingerprint!r}; re-score it on the current clip table"
             )
-    n_classes = len(ref.classes)
-    tables = [pq.read_table(p, columns=[*_ROW_COLUMNS, "logits"]) for p in paths]
-    raw_names = [t["filename"] for t in tables]
-    if len({len(t) for t in tables}) > 1 or pc.count_distinct(raw_names[0]).as_py() != len(raw_names[0]):
-        raise _coverage_error(names, raw_names)
+    if len({m.rows for m in metas}) > 1:
+        raise _coverage_error(metas)
 
-    order = pc.sort_indices(raw_names[0])
+
+def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = None) -> TeacherLogits:
+    """Read `RUN_DIR/logits/teacher=*/part-0.parquet` (or only `teachers`), aligned by filename.
+
+    Every teacher must cover exactly the same clips once, agree on split/device/label for each clip,
+    use the same classes and data fingerprint, and hold only finite logits; otherwise LogitsError.
+    Files are read one at a time, so memory holds the result plus one teacher's table.
+    """
+    metas = [read_teacher_meta(p) for p in _discover(Path(run_dir), teachers)]
+    _check_same_meta(metas)
+    names, n_classes, columns = [m.name for m in metas], len(metas[0].classes), [*_ROW_COLUMNS, "logits"]
+    table = pq.read_table(metas[0].path, columns=columns)
+    first = table.select(list(_ROW_COLUMNS))  # the first teacher's rows in file order
+    if pc.count_distinct(first["filename"]).as_py() != len(first):
+        raise _coverage_error(metas)
+    order = pc.sort_indices(first["filename"])
     order_np = order.to_numpy()
-    base = tables[0].select(list(_ROW_COLUMNS)).take(order)
-    logits = np.empty((len(paths), len(base), n_classes), dtype=np.float32)
-    for t, (table, meta) in enumerate(zip(tables, metas)):
+    base = first.take(order)
+    logits = np.empty((len(metas), len(base), n_classes), dtype=np.float32)
+    for t, meta in enumerate(metas):
         what = f"teacher {meta.name!r} ({meta.path})"
-        if raw_names[t].equals(raw_names[0]):
+        if t:
+            table = pq.read_table(meta.path, columns=columns)
+        if table["filename"].equals(first["filename"]):
             # Same row order as the first teacher (scored from the same clip table): reuse its sort.
             idx = order_np
-            same = all(table[c].equals(tables[0][c]) for c in ("split", "device", "label"))
+            same = all(table[c].equals(first[c]) for c in ("split", "device", "label"))
         else:
-            idx = pc.sort_indices(raw_names[t])
-            rows = table.select(list(_ROW_COLUMNS)).take(idx)
+            sort = pc.sort_indices(table["filename"])
+            rows = table.select(list(_ROW_COLUMNS)).take(sort)
             if not rows["filename"].equals(base["filename"]):
-                raise _coverage_error(names, raw_names)
+                raise _coverage_error(metas)
             same = all(rows[c].equals(base[c]) for c in ("split", "device", "label"))
-            idx = idx.to_numpy()
+            idx = sort.to_numpy()
         if not same:
             raise LogitsError(
                 f"{what} disagrees with {names[0]!r} on the split, device or label of some clips; "
@@ -292,6 +298,7 @@ def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = N
             )
         np.take(_fixed_list_to_numpy(table["logits"], n_classes, what), idx, axis=0, out=logits[t])
         _check_finite(logits[t], what)
+    ref = metas[0]
     return TeacherLogits(
         names=names,
         filenames=base["filename"].to_numpy(),

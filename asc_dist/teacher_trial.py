@@ -8,7 +8,6 @@ or duplicate rows.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -27,7 +26,6 @@ from asc_dist.roster import TeacherConfig
 from asc_dist.train import OptimConfig, Trainer, pick_device, predict
 
 log = logging.getLogger(__name__)
-FAIL_ONCE_ENV = "ASC_DIST_FAIL_ONCE"  # test-only switch: name of a teacher whose trial fails once after epoch 1
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,7 @@ class TeacherRunContext:
     dirs: str | None
     device: str = "auto"
     threads: int = 1
+    fail_once: str | None = None  # test-only switch: this teacher's trial fails once after epoch 1
 
 
 def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
@@ -67,13 +66,13 @@ def build_model(t: TeacherConfig, n_classes: int) -> torch.nn.Module:
     return build_teacher(t.family, t.size, n_classes=n_classes, weights=t.weights, **extra)
 
 
-def _fail_once_if_asked(t: TeacherConfig, run_dir: str, epoch: int) -> None:
-    if os.environ.get(FAIL_ONCE_ENV) != t.name or epoch != 1:
+def _fail_once_if_asked(t: TeacherConfig, ctx: TeacherRunContext, epoch: int) -> None:
+    if ctx.fail_once != t.name or epoch != 1:
         return
-    marker = Path(run_dir) / f".failed-once-{t.name}"
+    marker = Path(ctx.run_dir) / f".failed-once-{t.name}"
     if not marker.exists():
         marker.touch()
-        raise RuntimeError(f"injected failure for teacher {t.name} after epoch 1 ({FAIL_ONCE_ENV})")
+        raise RuntimeError(f"injected failure for teacher {t.name} after epoch 1 (test switch fail_once)")
 
 
 def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, shard: tuple[int, int] | None = None, wrap=None) -> Trainer:
@@ -150,7 +149,7 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, checkpo
                 torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id}, Path(tmp) / "state.pt")
                 if report is not None:
                     report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name}, tmp)
-            _fail_once_if_asked(t, ctx.run_dir, result.epoch)
+            _fail_once_if_asked(t, ctx, result.epoch)
 
         trainer.fit(on_epoch)
         return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start)

@@ -47,6 +47,7 @@ class TeachersConfig:
     mlflow_uri: str | None = None
     max_failures: int = 2
     force: bool = False
+    fail_once: str | None = None  # test-only: this teacher's trial fails once after its first checkpoint
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -71,13 +72,12 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
 
 
 def check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); pass --out to a writable folder") from None
+    """Fail early if `run_dir` cannot be created or written, without creating anything."""
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {run_dir} is not writable ({probe} is {'not a folder' if not probe.is_dir() else 'read-only'}); pass --out to a writable folder")
 
 
 def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str) -> bool:
@@ -95,16 +95,17 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     """Train the teachers that are not done yet; return one summary row per teacher of the roster."""
     quiet_third_party()
     run_dir = Path(cfg.run_dir).resolve()
-    check_writable(run_dir)
     roster = take(load_roster(cfg.roster), cfg.n, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, size=cfg.size)
     if cfg.passt_weights:
         roster = [replace(t, weights=cfg.passt_weights) if t.family == "passt" else t for t in roster]
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
     roster = validate_teachers(roster, cfg.data.dirs)
+    check_writable(run_dir)
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)
     store = prepare_store(cfg.data, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     todo = [t for t in roster if cfg.force or not is_done(run_dir, t, store.fingerprint)]
     skipped = [t.name for t in roster if t not in todo]
     if skipped:
@@ -117,6 +118,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
             val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
             dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
+            fail_once=cfg.fail_once,
         )
         results = _tune(todo, ctx, cfg, run_dir)
     rows = _manifest(run_dir, roster, results, store.fingerprint)
@@ -216,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
     p.add_argument("--force", action="store_true", help="retrain teachers whose logits exist")
+    p.add_argument("--fail-once", default=None, help=argparse.SUPPRESS)  # test-only failure injection
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, size=args.size, passt_weights=args.passt_weights,
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
-        mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force,
+        mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,
     )
     run_teachers(cfg)
     return 0

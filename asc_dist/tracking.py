@@ -29,7 +29,6 @@ def resolve_uri(run_dir: str | os.PathLike | None, explicit: str | None = None) 
     if env:
         return env
     base = Path(run_dir) if run_dir else Path.cwd()
-    base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
 
@@ -49,9 +48,11 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def configure(uri: str) -> None:
-    """Point this process (and Ray workers started after it) at `uri`."""
+    """Point this process (and Ray workers started after it) at `uri`; create a sqlite file's folder."""
     import mlflow
 
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
 

@@ -10,13 +10,19 @@ Synthetic logits, 230,350 clips x 12 teachers x 10 classes, through the project'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from asc_dist.fusion import fit_fusion, fuse
@@ -43,50 +49,83 @@ def synthetic(n: int, t: int, c: int, seed: int = 0):
     return names, split, devices, labels, logits
 
 
+class Timer:
+    """Wall and CPU seconds per phase: on a shared machine CPU time is the steadier of the two."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.phases[name] = {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(time.process_time() - cpu, 3)}
+
+
+def raw_reference(run_dir: Path, names, split, devices, labels, logits, timer: Timer) -> None:
+    """STACK.md's raw-pyarrow reference, measured in this process so that both see the same machine load."""
+    with timer("raw_pyarrow_write"):
+        for k in range(len(logits)):
+            table = pa.table({
+                "filename": pa.array(names), "split": pa.array(split), "device": pa.array(devices),
+                "label": pa.array(labels.astype(np.int32)),
+                "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits[k].reshape(-1)), logits.shape[2]),
+            })
+            pq.write_table(table, run_dir / f"raw{k}.parquet")
+    with timer("raw_pyarrow_read"):
+        for k in range(len(logits)):
+            col = pq.read_table(run_dir / f"raw{k}.parquet")["logits"].combine_chunks()
+            col.values.to_numpy().reshape(len(col), -1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=230_350)
     p.add_argument("--teachers", type=int, default=12)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--shuffled", type=int, default=1, help="teachers written in their own row order")
+    p.add_argument("--no-reference", action="store_true", help="skip the raw-pyarrow reference")
     a = p.parse_args()
+    load_start = os.getloadavg()[0]
     names, split, devices, labels, logits = synthetic(a.clips, a.teachers, a.classes)
     classes = [f"scene{k}" for k in range(a.classes)]
     rng = np.random.default_rng(1)
-    run_dir = tempfile.mkdtemp(prefix="bench_fusion_")
+    timer = Timer()
+    run_dir = Path(tempfile.mkdtemp(prefix="bench_fusion_"))
     try:
-        t0 = time.perf_counter()
-        for k in range(a.teachers):
-            o = rng.permutation(a.clips) if k < a.shuffled else slice(None)
-            write_teacher_logits(run_dir, f"teacher{k:02d}", names[o], split[o], devices[o], labels[o],
-                                 logits[k][o], classes, {"index": k}, "bench")
-        write_s = time.perf_counter() - t0
+        with timer("write"):
+            for k in range(a.teachers):
+                o = rng.permutation(a.clips) if k < a.shuffled else slice(None)
+                write_teacher_logits(run_dir, f"teacher{k:02d}", names[o], split[o], devices[o], labels[o],
+                                     logits[k][o], classes, {"index": k}, "bench")
+        if not a.no_reference:
+            (run_dir / "raw").mkdir()
+            raw_reference(run_dir / "raw", names, split, devices, labels, logits, timer)
         del logits
-        t0 = time.perf_counter()
-        data = load_teachers(run_dir)
-        read_s = time.perf_counter() - t0
+        with timer("read_align"):
+            data = load_teachers(run_dir)
         rss_after_read = peak_rss_mb()
-
-        t0 = time.perf_counter()
-        w, b, fit_all = fit_fusion(data.logits, data.labels)
-        fit_all_s = time.perf_counter() - t0
+        with timer("first_fit_warmup"):  # the first LBFGS in a process imports torch._dynamo
+            fit_fusion(data.logits[:, :100], data.labels[:100])
+        with timer("fit_all_rows"):
+            w, b, fit_all = fit_fusion(data.logits, data.labels)
         val = data.mask("val")
-        t0 = time.perf_counter()
-        _, _, fit_val = fit_fusion(data.logits[:, val], data.labels[val])
-        fit_val_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fuse(data.logits, w, b)
-        fuse_s = time.perf_counter() - t0
+        with timer("fit_val_rows"):
+            _, _, fit_val = fit_fusion(data.logits[:, val], data.labels[val])
+        with timer("fuse_all_rows"):
+            fuse(data.logits, w, b)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+    ph = timer.phases
     print(json.dumps({
         "clips": a.clips, "teachers": a.teachers, "classes": a.classes, "shuffled_teachers": a.shuffled,
-        "torch_threads": torch.get_num_threads(),
-        "write_s": round(write_s, 3), "read_align_s": round(read_s, 3), "write_plus_read_s": round(write_s + read_s, 3),
-        "fit_all_rows_s": round(fit_all_s, 3), "fit_all_rows_iterations": fit_all.iterations,
-        "fit_all_rows_converged": fit_all.converged,
-        "fit_val_rows_s": round(fit_val_s, 3), "fit_val_rows": fit_val.rows, "fit_val_iterations": fit_val.iterations,
-        "fuse_all_rows_s": round(fuse_s, 3),
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "write_plus_read_wall_s": round(ph["write"]["wall_s"] + ph["read_align"]["wall_s"], 3),
+        "fit_all_rows": {"iterations": fit_all.iterations, "evaluations": fit_all.evaluations,
+                         "converged": fit_all.converged, "loss": round(fit_all.loss, 6)},
+        "fit_val_rows": {"rows": fit_val.rows, "iterations": fit_val.iterations, "converged": fit_val.converged},
+        "phases": ph,
         "peak_rss_after_read_mb": round(rss_after_read), "peak_rss_mb": round(peak_rss_mb()),
         "goals": {"write_plus_read_s": 3.0, "fit_s": 10.0, "peak_rss_mb": 2048},
     }, indent=2))

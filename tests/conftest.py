@@ -72,3 +72,20 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small embedded synthetic dataset (real wav files in the TAU layout), shared by the session."""
+    from asc_dist.data.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate(root, SynthConfig(clips_per_device=24, seed=7))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_store(synth_root):
+    from asc_dist.audio.store import WaveformStore, pack
+
+    return WaveformStore(pack(synth_root)[0])

@@ -111,7 +111,8 @@ def test_cli_writes_targets_report_and_mlflow_run(tmp_path, capsys, mlflow_uri):
     assert fusion["val"]["loss"] <= avg["val"]["loss"]
     assert set(fusion["test"]["per_device"]) == set(ALL) and set(fusion["test"]["per_class"]) == set(CLASSES)
     assert fusion["test"]["per_device"]["s5"]["seen"] is False and fusion["test"]["unseen_acc"] is not None
-    assert set(report["results"]) == {"t0", "t1", "t2", "t3", "average", "fusion"}
+    assert set(report["results"]["teachers"]) == {"t0", "t1", "t2", "t3"}
+    assert report["results"]["teachers"]["t0"]["test"]["acc"] > report["results"]["teachers"]["t3"]["test"]["acc"]
 
     targets = load_targets(run_dir)
     assert targets.teachers == ["t0", "t1", "t2", "t3"] and targets.logits.shape == (900, 5)

@@ -132,15 +132,15 @@ def _style(*v: float) -> SceneStyle:
 # Overlapping pairs by design: metro/tram/bus, street_pedestrian/public_square, shopping_mall/airport.
 #   tilt  lowp   bed  hum_hz hum_db am_hz am_d  rt60  wet  snr | steps voice chime squeal pass bird click
 STYLES = {
-    "airport":           _style(-4.0, 7000, -40, 60, -62, 0.25, .10, 1.10, .45, 6, 1.6, 1.4, .25, .00, .05, .0, .5),
-    "shopping_mall":     _style(-4.5, 6500, -39, 60, -60, 0.25, .10, 0.90, .40, 5, 1.8, 1.8, .12, .00, .00, .0, .6),
-    "metro_station":     _style(-5.0, 6000, -37, 50, -50, 0.30, .15, 1.40, .50, 7, 1.4, 1.0, .20, .30, .25, .0, .4),
-    "metro":             _style(-6.5, 3200, -30, 75, -38, 1.50, .30, 0.30, .20, 4, 0.2, 0.5, .05, .45, .10, .0, 1.4),
-    "tram":              _style(-6.0, 3800, -32, 90, -40, 1.20, .30, 0.35, .20, 5, 0.2, 0.6, .12, .50, .15, .0, 1.1),
-    "bus":               _style(-7.0, 2600, -31, 45, -36, 0.80, .25, 0.30, .20, 5, 0.2, 0.6, .08, .15, .20, .0, .5),
+    "airport":           _style(-3.5, 7000, -41, 60, -62, 0.25, .10, 1.30, .50, 6, 1.4, 1.1, .35, .00, .05, .0, .6),
+    "shopping_mall":     _style(-5.0, 6500, -38, 60, -60, 0.25, .10, 0.80, .35, 5, 2.0, 2.0, .08, .00, .00, .0, .5),
+    "metro_station":     _style(-5.0, 6000, -36, 50, -46, 0.30, .15, 1.60, .55, 7, 1.4, 0.8, .20, .50, .40, .0, .4),
+    "metro":             _style(-7.0, 2800, -30, 70, -36, 1.50, .30, 0.30, .20, 4, 0.2, 0.5, .05, .50, .10, .0, 1.6),
+    "tram":              _style(-5.5, 4200, -33, 100, -42, 1.10, .30, 0.35, .20, 5, 0.2, 0.6, .20, .60, .15, .0, .9),
+    "bus":               _style(-7.5, 2400, -31, 45, -34, 0.80, .25, 0.30, .20, 5, 0.2, 0.6, .08, .15, .20, .0, .5),
     "park":              _style(-3.0, 9000, -46, 50, -70, 0.20, .20, 0.10, .05, 9, 0.5, 0.3, .00, .00, .15, 2.5, .1),
-    "public_square":     _style(-4.0, 8000, -41, 50, -64, 0.30, .15, 0.25, .10, 7, 1.5, 1.2, .03, .03, .35, .6, .3),
-    "street_pedestrian": _style(-4.5, 7000, -39, 50, -62, 0.30, .15, 0.30, .12, 7, 2.0, 1.5, .02, .05, .50, .3, .4),
+    "public_square":     _style(-3.5, 8000, -42, 50, -64, 0.30, .15, 0.25, .10, 7, 1.2, 1.0, .03, .03, .25, .8, .3),
+    "street_pedestrian": _style(-4.5, 7000, -38, 50, -62, 0.30, .15, 0.30, .12, 7, 2.4, 1.8, .02, .05, .50, .2, .4),
     "street_traffic":    _style(-5.5, 5000, -34, 40, -48, 0.40, .45, 0.10, .05, 6, 0.3, 0.3, .00, .10, 1.4, .1, .2),
 }  # fmt: skip
 EVENT_OFFSET_DB = {"steps": 4, "voice": -2, "chime": -2, "squeal": -6, "pass": 0, "bird": -4, "click": 2}
@@ -153,9 +153,9 @@ def perturb_style(style: SceneStyle, rng: np.random.Generator, spread: float) ->
     octave = lambda s: 2.0 ** n(s)  # noqa: E731
     return replace(
         style,
-        tilt_db_oct=style.tilt_db_oct + n(0.8),
-        lowpass_hz=style.lowpass_hz * octave(0.35),
-        bed_db=style.bed_db + n(3.0),
+        tilt_db_oct=style.tilt_db_oct + n(0.6),
+        lowpass_hz=style.lowpass_hz * octave(0.3),
+        bed_db=style.bed_db + n(2.5),
         hum_hz=style.hum_hz * octave(0.15),
         hum_db=style.hum_db + n(4.0),
         am_hz=style.am_hz * octave(0.3),
@@ -163,7 +163,7 @@ def perturb_style(style: SceneStyle, rng: np.random.Generator, spread: float) ->
         rt60_s=float(np.clip(style.rt60_s * octave(0.35), 0.05, 2.5)),
         wet=float(np.clip(style.wet + n(0.08), 0.0, 0.9)),
         snr_db=style.snr_db + n(3.0),
-        rates=tuple(r * octave(0.6) for r in style.rates),
+        rates=tuple(r * octave(0.5) for r in style.rates),
     )
 
 
@@ -195,9 +195,9 @@ def _events(kind: str, count: int, sr: int, rng: np.random.Generator) -> np.ndar
     elif kind == "voice":
         f0 = u(90, 260) * (1 + 0.03 * np.sin(2 * np.pi * u(4, 6) * t))
         phase = 2 * np.pi * np.cumsum(f0, axis=1) / sr
-        k = np.arange(1, 25)[None, :, None]
+        k = np.arange(1, 17)[None, :, None]
         formants = np.stack([u(300, 800), u(900, 2300), u(2400, 3200)], axis=1)  # [count, 3, 1]
-        fk = k[:, :, 0] * f0[:, :1]  # [count, 24] harmonic frequencies at onset
+        fk = k[:, :, 0] * f0[:, :1]  # [count, 16] harmonic frequencies at onset
         amp = np.exp(-0.5 * ((fk[:, :, None] - formants[:, None, :, 0]) / np.array([80, 120, 150])) ** 2).sum(-1)
         amp = (amp + 0.05) * (fk < sr / 2)
         x = (amp[:, :, None] * np.sin(k * phase[:, None, :])).sum(1)
@@ -223,10 +223,14 @@ def _events(kind: str, count: int, sr: int, rng: np.random.Generator) -> np.ndar
     return x / (np.abs(x).max(axis=1, keepdims=True) + 1e-12)
 
 
+def _fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n: pocketfft is fast on these, and they waste less than a power of two."""
+    return min(m for m in (2**a * 3**b * 5**c for a in range(40) for b in range(4) for c in range(4)) if m >= n)
+
+
 def _fftconv(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """Causal linear convolution of a signal with an impulse response, truncated to len(x)."""
-    n = len(x) + len(h) - 1
-    nfft = 1 << (n - 1).bit_length()
+    nfft = _fast_len(len(x) + len(h) - 1)
     return np.fft.irfft(np.fft.rfft(x, nfft) * np.fft.rfft(h, nfft), nfft)[: len(x)]
 
 
@@ -314,8 +318,8 @@ def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
 SEVERITY = {
     "seen": dict(hp=(60, 250), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
                  gain=4, noise=(-80, -68), thr=(-35, -25), ratio=(1.0, 2.5)),
-    "unseen": dict(hp=(250, 700), lp=(2500, 6000), tilt=3.0, n_res=(2, 4), res_db=12, bw=(0.2, 0.6),
-                   gain=8, noise=(-62, -52), thr=(-45, -35), ratio=(3.0, 6.0)),
+    "unseen": dict(hp=(100, 350), lp=(5000, 11000), tilt=2.5, n_res=(2, 3), res_db=8, bw=(0.2, 0.6),
+                   gain=6, noise=(-72, -62), thr=(-42, -32), ratio=(2.0, 4.0)),
 }  # fmt: skip
 
 

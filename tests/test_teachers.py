@@ -1,0 +1,159 @@
+"""Teachers trained in parallel under real Ray: logits coverage, skip on rerun, retry from checkpoint, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from asc_dist.logits import load_teachers, read_teacher_meta, teacher_logits_path
+from asc_dist.prepare import DataConfig
+from asc_dist.teachers import TeachersConfig, run_teachers
+
+ROSTER = """
+defaults: {size: tiny, epochs: 2, lr: 0.002, batch_size: 16, roll: 2000}
+teachers:
+  - {name: cpr, family: cpresnet, seed: 1, fms_p: 0.8}
+  - {name: cnn6, family: cnn, seed: 1, freqm: 8, mixup_alpha: 0.3}
+  - {name: bcres, family: bcresnet, seed: 1, timem: 4}
+"""
+
+
+@pytest.fixture(scope="module")
+def roster(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("roster") / "roster.yaml"
+    path.write_text(ROSTER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, synth_root, synth_store, roster, tmp_path_factory):
+    run = tmp_path_factory.mktemp("teachers") / "run"
+    cfg = TeachersConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), roster=str(roster), cpus_per_teacher=0.5, fail_once="cnn6")
+    rows = run_teachers(cfg)
+    return run, cfg, rows, synth_store
+
+
+def test_three_families_cover_every_clip_once(trained):
+    run, _, rows, store = trained
+    assert [r["teacher"] for r in rows] == ["cpr", "cnn6", "bcres"]
+    table = store.table()
+    for name in ("cpr", "cnn6", "bcres"):
+        data = pq.read_table(teacher_logits_path(run, name)).to_pydict()
+        assert sorted(data["filename"]) == sorted(table.filename.tolist())  # every clip, exactly once
+        assert len(set(data["filename"])) == len(data["filename"])
+        logits = np.array(data["logits"])
+        assert logits.shape == (len(table), len(store.classes)) and np.isfinite(logits).all()
+        meta = read_teacher_meta(teacher_logits_path(run, name))
+        assert meta.fingerprint == store.fingerprint and meta.classes == store.classes
+        assert set(data["split"]) == {"train", "val", "test"}
+    aligned = load_teachers(run)
+    assert aligned.logits.shape[:2] == (3, len(table))
+    manifest = json.loads((run / "teachers.json").read_text())
+    assert set(manifest["teachers"]) == {"cpr", "cnn6", "bcres"}
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["params"] > 0 for r in rows)
+
+
+def test_failed_trial_resumes_from_checkpoint(trained):
+    run, _, rows, _ = trained
+    assert (run / ".failed-once-cnn6").exists()  # the failure really happened
+    cnn = next(r for r in rows if r["teacher"] == "cnn6")
+    assert cnn["epochs_trained"] == 2  # resumed: history holds epoch 1 from the checkpoint plus epoch 2
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("teachers")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'cnn6'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run, reopened after the restart
+    epochs = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
+    assert sorted(epochs) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"confusion_matrix.png", "per_device_accuracy.png", "test_report.json"} <= artifacts
+
+
+def test_rerun_trains_nothing(trained):
+    run, cfg, _, _ = trained
+    before = {n: teacher_logits_path(run, n).stat().st_mtime_ns for n in ("cpr", "cnn6", "bcres")}
+    rows = run_teachers(cfg)
+    assert len(rows) == 3
+    assert before == {n: teacher_logits_path(run, n).stat().st_mtime_ns for n in ("cpr", "cnn6", "bcres")}
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asc_dist.teachers", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown_family", "missing_weights", "bad_data", "unwritable_out"],
+)
+def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, synth_root, roster):
+    out = tmp_path / "run"
+    args = ["--data", str(synth_root), "--out", str(out), "--roster", str(roster)]
+    if case == "unknown_family":
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("teachers:\n  - {name: x, family: transformerxl}\n")
+        args[-1] = str(bad)
+        expect = "unknown teacher family 'transformerxl'"
+    elif case == "missing_weights":
+        args += ["--passt-weights", str(tmp_path / "nope.pt"), "--n", "1"]
+        bad = tmp_path / "p.yaml"
+        bad.write_text("teachers:\n  - {name: p, family: passt, size: tiny}\n")
+        args[args.index("--roster") + 1] = str(bad)
+        expect = "nope.pt does not exist"
+    elif case == "bad_data":
+        args[1] = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "real-scenes" / "tau2022_mobile_dev")
+        if not Path(args[1]).exists():
+            pytest.skip("../shared/data is absent")
+        expect = "fails the dataset check"
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        out = blocker / "run"
+        args[3] = str(out)
+        expect = "not writable"
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from asc_dist.prepare import DataConfig
+    from asc_dist.teachers import TeachersConfig, run_teachers
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        cfg = TeachersConfig(run_dir=sys.argv[1], data=DataConfig(root=sys.argv[2]), roster=sys.argv[3],
+                             n=2, epochs=1, cpus_per_teacher=1, address=cluster.address)
+        rows = run_teachers(cfg)
+        print("NODES", len([n for n in ray.nodes() if n["Alive"]]), json.dumps(sorted({r["node_id"] for r in rows})))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+def test_teachers_run_on_both_nodes_of_a_two_node_cluster(tmp_path, synth_root, synth_store, roster):
+    script = tmp_path / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(synth_root), str(roster)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("NODES"))
+    _, alive, nodes = line.split(" ", 2)
+    assert int(alive) == 2 and len(json.loads(nodes)) == 2, line  # one teacher per node: each node has one CPU
