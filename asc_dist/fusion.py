@@ -215,7 +215,8 @@ def _evaluate(z: np.ndarray, data: TeacherLogits, seen: list[str]) -> dict[str, 
             unseen_loss=float(nll[unseen].mean()) if unseen.any() else None,
             unseen_devices=list(r.unseen_devices),
             per_device={
-                d: {"acc": _num(acc), "loss": device_loss[d], "n": r.device_counts[d], "seen": d not in r.unseen_devices}
+                d: {"acc": _num(acc), "loss": device_loss[d], "n": r.device_counts[d],
+                    "seen": d not in r.unseen_devices}
                 for d, acc in r.per_device.items()
             },
             per_class={
@@ -263,7 +264,8 @@ def _table(results: dict[str, Any], weights: dict[str, float]) -> str:
     def cell(part: dict | None, key: str) -> str:
         return f"{part[key]:.4f}" if part and part.get(key) is not None else "-"
 
-    head = f"{'system':<24}{'weight':>8}{'val loss':>10}{'val acc':>9}{'test loss':>11}{'test acc':>10}{'unseen acc':>12}"
+    head = (f"{'system':<24}{'weight':>8}{'val loss':>10}{'val acc':>9}"
+            f"{'test loss':>11}{'test acc':>10}{'unseen acc':>12}")
     lines = [head, "-" * len(head)]
     for name, prefix, res in _systems(results):
         weight = f"{weights[name]:.3f}" if prefix.startswith("teacher.") and name in weights else "-"

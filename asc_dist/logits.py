@@ -4,7 +4,7 @@ Raw per-teacher logits are stored, never pre-averaged or pre-softmaxed, so any f
 (REFERENCE.md section 11.1). Rows are aligned by `filename`, never by row order: the anchors that index
 teacher outputs by CSV row number break silently when someone reorders a file (REFERENCE.md section 1).
 Columns become numpy through the Arrow buffers (`fixed_size_list.values.to_numpy().reshape`), so reading
-12 teachers x 230,350 clips takes about a second; there is no Python loop over rows.
+12 teachers x 230,350 clips costs under a second of CPU; there is no Python loop over rows.
 """
 
 from __future__ import annotations

@@ -178,10 +178,11 @@ class Trainer:
             return {}
         logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device))
         labels = torch.from_numpy(self.val_data.table.label)
-        return {
-            "val_loss": float(F.cross_entropy(logits, labels)),
-            "val_acc": float((logits.argmax(1) == labels).float().mean()),
-        }
+        correct = (logits.argmax(1) == labels).numpy()
+        devices = self.val_data.table.device
+        metrics = {"val_loss": float(F.cross_entropy(logits, labels)), "val_acc": float(correct.mean())}
+        metrics.update({f"val_acc_device_{d}": float(correct[devices == d].mean()) for d in sorted(set(devices.tolist()))})
+        return metrics
 
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[dict[str, float]]:
         torch.manual_seed(self.cfg.seed + self.epoch)

@@ -59,7 +59,9 @@ class Timer:
     def __call__(self, name: str) -> Iterator[None]:
         wall, cpu = time.perf_counter(), time.process_time()
         yield
-        self.phases[name] = {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(time.process_time() - cpu, 3)}
+        self.phases[name] = {
+            "wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(time.process_time() - cpu, 3),
+        }
 
 
 def raw_reference(run_dir: Path, names, split, devices, labels, logits, timer: Timer) -> None:

@@ -275,7 +275,7 @@ class DeviceSpec:
     """A simulated recording device: impulse response, then gain, compression and self-noise."""
 
     name: str
-    ir: np.ndarray = field(repr=False)  # unit energy; [1.0] for the reference device
+    ir: np.ndarray = field(repr=False)  # 0 dB mid-band gain; [1.0] for the reference device
     source: str  # "identity", "generated" or the IR file name
     gain_db: float = 0.0
     noise_db: float = -96.0  # self-noise RMS, dBFS
@@ -318,8 +318,8 @@ def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
 SEVERITY = {
     "seen": dict(hp=(60, 250), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
                  gain=4, noise=(-80, -68), thr=(-35, -25), ratio=(1.0, 2.5)),
-    "unseen": dict(hp=(100, 350), lp=(5000, 11000), tilt=2.5, n_res=(2, 3), res_db=8, bw=(0.2, 0.6),
-                   gain=6, noise=(-72, -62), thr=(-42, -32), ratio=(2.0, 4.0)),
+    "unseen": dict(hp=(80, 300), lp=(5000, 12000), tilt=2.0, n_res=(2, 3), res_db=8, bw=(0.2, 0.6),
+                   gain=5, noise=(-74, -64), thr=(-40, -30), ratio=(1.5, 3.0)),
 }  # fmt: skip
 
 
@@ -332,8 +332,15 @@ def _generated_ir(rng: np.random.Generator, sev: dict, sr: int, nfft: int = 8192
     for _ in range(rng.integers(sev["n_res"][0], sev["n_res"][1] + 1)):
         fc = np.exp(rng.uniform(np.log(300), np.log(min(8000, 0.4 * sr))))
         mag += rng.uniform(-sev["res_db"], sev["res_db"]) * np.exp(-0.5 * (np.log2(f / fc) / rng.uniform(*sev["bw"])) ** 2)
-    h = _min_phase_ir(np.clip(mag, -80, 40), 2048)
-    return h / np.linalg.norm(h)
+    return _normalise_ir(_min_phase_ir(np.clip(mag, -80, 40), 2048), sr)
+
+
+def _normalise_ir(h: np.ndarray, sr: int) -> np.ndarray:
+    """Scale to 0 dB mean power gain over 500 Hz - 2 kHz: sensitivity is set where microphones are specified,
+    so a device that loses the bass does not get its treble boosted (as unit-energy scaling would)."""
+    spec = np.abs(np.fft.rfft(h, 16384)) ** 2
+    f = np.fft.rfftfreq(16384, 1 / sr)
+    return h / np.sqrt(spec[(f >= 500) & (f <= 2000)].mean())
 
 
 def _colouration(h: np.ndarray, sr: int) -> float:
@@ -346,7 +353,7 @@ def _colouration(h: np.ndarray, sr: int) -> float:
 
 
 def load_irs(folder: str | Path, sr: int) -> list[tuple[str, np.ndarray]]:
-    """Impulse responses from a folder of wav files, mono, at `sr`, onset-trimmed, unit energy."""
+    """Impulse responses from a folder of wav files, mono, at `sr`, onset-trimmed, 0 dB at mid band."""
     files = sorted(Path(folder).glob("*.wav"))
     if not files:
         raise ConfigError(f"{folder}: no .wav impulse responses found; pass a folder of IR wav files "
@@ -363,7 +370,7 @@ def load_irs(folder: str | Path, sr: int) -> list[tuple[str, np.ndarray]]:
         h = h[max(0, int(np.argmax(np.abs(h))) - 32) :]
         if not np.any(h):
             raise DatasetError(f"{path}: impulse response is silent; remove the file")
-        irs.append((path.name, h / np.linalg.norm(h)))
+        irs.append((path.name, _normalise_ir(h, sr)))
     return irs
 
 

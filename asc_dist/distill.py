@@ -1,0 +1,236 @@
+"""Train one student with knowledge distillation from the fused (or averaged) teacher targets.
+
+Reads the packed waveform store and `RUN_DIR/fused/targets.parquet` (joined by filename: every training clip
+must have a target), trains with `asc_dist.kd.kd_loss` and the seed's augmentations, logs to MLflow and
+writes the fp32 checkpoint to `RUN_DIR/students/<name>/model.pt`. The same function is the Ray Tune
+trainable's body (`report` per epoch, resume from `checkpoint_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asc_dist import tracking
+from asc_dist.atomic import atomic_path, write_text_atomic
+from asc_dist.audio.store import WaveformStore
+from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
+from asc_dist.errors import ConfigError, LogitsError
+from asc_dist.evaluation import log_reports, split_reports
+from asc_dist.features import FRONT_ENDS, LogMel
+from asc_dist.kd import kd_loss, validate_kd
+from asc_dist.logits import load_targets, targets_path
+from asc_dist.prepare import DataConfig
+from asc_dist.train import OptimConfig, Trainer, cross_entropy_loss, predict
+
+log = logging.getLogger(__name__)
+TARGET_KINDS = ("fused", "average", "none")
+
+
+@dataclass
+class StudentConfig:
+    run_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "dsflexinet"
+    preset: str = "sm2"
+    norm: str = "rn"  # Residual Normalization or plain BN (DS-FlexiNet)
+    targets: str = "fused"  # fused | average | none (plain cross-entropy)
+    kd_lambda: float = 0.02  # weight of the label loss (CP-JKU recipe)
+    temperature: float = 2.0
+    kd_reduction: str = "cpjku"
+    fms_p: float = 0.4
+    fms_alpha: float = 0.3
+    adir_tau: float | None = None  # Auto-DIR threshold (seed 000: 323); None = off
+    adir_p: float = 0.0
+    dir_p: float = 0.0  # plain DIR on device-a clips (exclusive with Auto-DIR)
+    roll_s: float = 0.125
+    freqm: int = 48
+    timem: int = 0
+    mixup_alpha: float = 0.0
+    stretch_p: float = 0.0
+    epochs: int = 30
+    lr: float = 0.005
+    batch_size: int = 64
+    weight_decay: float = 1e-3
+    seed: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 5e-5
+    name: str | None = None
+    experiment: str = "students"
+    mlflow_uri: str | None = None
+    parent_run_id: str | None = None
+    device: str = "auto"
+    threads: int = 0  # torch threads (0 = torch's default)
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        kd = "ce" if self.targets == "none" else f"{self.targets}-l{self.kd_lambda:g}-T{self.temperature:g}"
+        return f"{self.model}-{self.preset}-{self.norm}-{kd}-s{self.seed}"
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run_dir) / "students" / self.run_name
+
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(
+            dir_p=self.dir_p, adir_p=self.adir_p if self.adir_tau is not None else 0.0,
+            adir_tau=self.adir_tau if self.adir_tau is not None else 323.0,
+            roll_max_s=self.roll_s, stretch_p=self.stretch_p, mixup_alpha=self.mixup_alpha,
+            freqm=self.freqm, timem=self.timem, fms_p=self.fms_p, fms_alpha=self.fms_alpha,
+        )
+
+    def validate(self) -> None:
+        from students.registry import student_presets
+
+        if self.preset not in student_presets(self.model):  # unknown model raises inside
+            raise ConfigError(f"unknown preset {self.preset!r} for {self.model}; choose one of {', '.join(student_presets(self.model))}")
+        if self.targets not in TARGET_KINDS:
+            raise ConfigError(f"--targets {self.targets!r} is unknown; choose one of {', '.join(TARGET_KINDS)}")
+        if self.norm not in ("rn", "bn"):
+            raise ConfigError(f"--norm {self.norm!r} is unknown; choose rn (Residual Normalization) or bn")
+        validate_kd(self.kd_lambda, self.temperature, self.kd_reduction)
+        aug = self.augment()
+        if aug.needs_impulse_responses and not self.data.dirs:
+            raise ConfigError("DIR/Auto-DIR needs impulse responses: pass --dirs IR_DIR (e.g. ../shared/data/micirp)")
+        if self.epochs < 0 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("epochs and qat epochs must be >= 0, lr > 0 and batch size >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_student_model(cfg: StudentConfig, n_classes: int) -> torch.nn.Module:
+    from students.registry import build_student
+
+    return build_student(cfg.model, cfg.preset, n_classes=n_classes, norm=cfg.norm)
+
+
+def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:
+    """Teacher logits [N_train, C] in the order of `filenames`; every training clip must have one."""
+    if cfg.targets == "none":
+        return None
+    path = targets_path(cfg.run_dir)
+    if not path.is_file():
+        raise LogitsError(f"{path} does not exist; run `python -m asc_dist.fusion --run {cfg.run_dir}` first, or pass --targets none")
+    targets = load_targets(path, column="logits" if cfg.targets == "fused" else "average")
+    if list(targets.classes) != store.classes:
+        raise LogitsError(f"{path} has classes {targets.classes} but the dataset has {store.classes}; re-run the teachers and fusion on this dataset")
+    lookup = {f: i for i, f in enumerate(targets.filenames)}
+    missing = [f for f in filenames if f not in lookup]
+    if missing:
+        raise LogitsError(
+            f"{len(missing)} of {len(filenames)} training clips have no target in {path} (first: {', '.join(missing[:3])}); "
+            "re-run the teachers and fusion on this dataset"
+        )
+    return targets.logits[np.array([lookup[f] for f in filenames])].astype(np.float32)
+
+
+def make_loss(cfg: StudentConfig, teacher: np.ndarray | None, device: torch.device):
+    if teacher is None:
+        return cross_entropy_loss
+    teacher_t = torch.from_numpy(teacher).to(device)
+
+    def loss(logits, batch, labels, mix):
+        total, ce, kd = kd_loss(logits, labels, teacher_t[torch.from_numpy(batch.index).to(device)], cfg.kd_lambda, cfg.temperature, cfg.kd_reduction, mix=mix)
+        return total, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+
+    return loss
+
+
+def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Module, epochs: int, lr: float) -> Trainer:
+    d = cfg.data
+    train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
+    aug = cfg.augment()
+    bank = ImpulseResponseBank.load(d.dirs, store.sample_rate) if aug.needs_impulse_responses else None
+    wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
+    teacher = train_targets(cfg, store, train.table.filename)
+    trainer = Trainer(
+        model, LogMel(FRONT_ENDS[getattr(model, "front_end", "student")]), train, val,
+        OptimConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed),
+        wave_aug=wave_aug, spec_aug=spec_aug, device=cfg.device, name=cfg.run_name,
+    )
+    trainer.loss_fn = make_loss(cfg, teacher, trainer.device)
+    return trainer
+
+
+def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device) -> dict:
+    d = cfg.data
+    table = store.table(d.val_fraction, d.val_seed)
+    splits = [s for s in ("val", "test") if (table.split == s).any()]
+    logits = np.concatenate([predict(model, front, store.split(s, d.val_fraction, d.val_seed), device=device) for s in splits])
+    rows = table.take(np.concatenate([np.flatnonzero(table.split == s) for s in splits]))
+    seen = sorted(set(table.device[table.split == "train"].tolist()))
+    from asc_dist.metrics import evaluate_predictions
+
+    return {
+        s: evaluate_predictions(logits[rows.split == s], rows.label[rows.split == s], rows.device[rows.split == s].tolist(), store.classes, seen_devices=seen)
+        for s in splits
+    }
+
+
+def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = None, store: WaveformStore | None = None) -> dict:
+    """Train (or resume) one student; returns its result row (also written to `out_dir/result.json`)."""
+    from asc_dist.complexity import measure
+    from asc_dist.prepare import prepare_store
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    store = store or prepare_store(cfg.data, cfg.run_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_student_model(cfg, len(store.classes))
+    cx = measure(model)
+    trainer = make_trainer(cfg, store, model, cfg.epochs, cfg.lr)
+    resume_id = None
+    if checkpoint_dir:
+        state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        resume_id = state.get("mlflow_run_id")
+    uri = tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri)
+    tracking.configure(uri)
+    params = {**{k: v for k, v in cfg.to_dict().items() if k not in ("data",)}, "data": cfg.data.__dict__, "params": cx.params, "macs": cx.macs}
+    with tracking.run(uri, cfg.experiment, cfg.run_name, params=params, tags={"asc_dist.step": "student", "preset": cfg.preset},
+                      parent_run_id=cfg.parent_run_id, resume_run_id=resume_id) as mlrun:
+        if resume_id is None:
+            mlrun.log_json({**cfg.to_dict(), "complexity": cx.to_dict() if hasattr(cx, "to_dict") else str(cx)}, "config.json")
+
+        def on_epoch(result) -> None:
+            mlrun.log_metrics(result.metrics, step=result.epoch)
+            if report is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id}, Path(tmp) / "state.pt")
+                    report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "student": cfg.run_name}, tmp)
+
+        trainer.fit(on_epoch)
+        reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device)
+        flat = log_reports(mlrun, reports, cfg.run_name)
+        mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "int8_kb": cx.int8_bytes / 1024})
+        out = cfg.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "model.pt") as tmp:
+            torch.save({"model": trainer.model.state_dict(), "config": cfg.to_dict(), "classes": store.classes}, tmp)
+        result = {
+            "name": cfg.run_name, "model": cfg.model, "preset": cfg.preset, "norm": cfg.norm, "targets": cfg.targets,
+            "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "params": cx.params, "macs": cx.macs,
+            "int8_kb": cx.int8_bytes / 1024, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
+            "unseen_acc": flat.get("test_unseen_accuracy"), "test_per_device": reports["test"].per_device if "test" in reports else {},
+            "checkpoint": str(out / "model.pt"), "mlflow_run_id": mlrun.run_id, "wall_s": time.perf_counter() - start,
+            "clips_per_s": float(np.mean([h["clips_per_s"] for h in trainer.history])) if trainer.history else None,
+            "data_wait_share": float(np.mean([h["data_wait_share"] for h in trainer.history])) if trainer.history else None,
+        }
+        if cfg.qat_epochs > 0:
+            from asc_dist.qat import quantize_student
+
+            result.update(quantize_student(cfg, store, trainer.model, mlrun))
+        write_text_atomic(out / "result.json", json.dumps(result, indent=2, default=str))
+    return result

@@ -1,0 +1,78 @@
+"""int8 quantisation-aware fine-tuning of a trained student (seed 000 section III-C, cpjku23 `run_qat.py`).
+
+fbgemm eager-mode QAT: fuse conv-BN-ReLU, prepare, fine-tune Q epochs at a low learning rate with the same
+KD loss, freeze observers and BN statistics for the last ~20 % of the epochs, convert on CPU, evaluate the
+int8 model per device, and export waveform -> logits (front end + int8 model) as one TorchScript file that
+`torch.jit.load` runs without this project installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asc_dist.features import FRONT_ENDS, LogMel
+
+log = logging.getLogger(__name__)
+
+
+class WaveToLogits(nn.Module):
+    """What ships: 32 kHz mono waveform [batch, samples] -> logits [batch, classes]."""
+
+    def __init__(self, front: nn.Module, model: nn.Module):
+        super().__init__()
+        self.front = front
+        self.model = model
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return self.model(self.front(waves))
+
+
+def frozen_epochs(qat_epochs: int) -> int:
+    """Epochs at the end with observers and BN statistics frozen (cpjku23: the last 4 of 20-24)."""
+    return 0 if qat_epochs < 2 else max(1, round(0.2 * qat_epochs))
+
+
+def quantize_student(cfg, store, fp32_model: nn.Module, mlrun) -> dict:
+    """QAT-finetune `fp32_model`, convert, evaluate on CPU, export; returns the int8 result fields."""
+    from asc_dist.distill import evaluate_all, make_trainer
+    from asc_dist.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, int8_size_bytes, latency_per_clip_ms, prepare_qat
+
+    qat_model = prepare_qat(fp32_model.cpu())
+    trainer = make_trainer(cfg, store, qat_model, cfg.qat_epochs, cfg.qat_lr)
+    n_frozen = frozen_epochs(cfg.qat_epochs)
+
+    def on_epoch(result) -> None:
+        mlrun.log_metrics({f"qat_{k}": v for k, v in result.metrics.items()}, step=cfg.epochs + result.epoch)
+        if n_frozen and result.epoch == cfg.qat_epochs - n_frozen:
+            freeze_observers_and_bn(trainer.model)
+            log.info("[%s] QAT: observers and BN statistics frozen for the last %d epoch(s)", cfg.run_name, n_frozen)
+
+    trainer.fit(on_epoch)
+    int8 = convert_int8(trainer.model.cpu())
+    front = LogMel(FRONT_ENDS[getattr(fp32_model, "front_end", "student")]).eval()
+    reports = evaluate_all(int8, front, store, cfg, "cpu")
+    example = torch.zeros(1, 1, front.cfg.n_mels, front.cfg.frames(store.manifest["samples"]))
+    fp32_ms = latency_per_clip_ms(fp32_model.cpu().eval(), example)
+    int8_ms = latency_per_clip_ms(int8, example)
+    path = Path(cfg.out_dir) / "model_int8.pt"
+    export_torchscript(WaveToLogits(front, int8).eval(), path, torch.zeros(1, store.manifest["samples"]))
+    size = int8_size_bytes(int8)
+    test = reports.get("test")
+    metrics = {"int8_size_kb": size / 1024, "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms}
+    for split, rep in reports.items():
+        metrics.update(rep.to_metrics(prefix=f"int8_{split}_"))
+        mlrun.log_json(rep.to_dict(), f"int8_{split}_report.json")
+    mlrun.log_metrics(metrics)
+    mlrun.log_file(path)
+    return {
+        "int8_val_acc": reports["val"].accuracy if "val" in reports else None,
+        "int8_test_acc": test.accuracy if test else None,
+        "int8_unseen_acc": test.unseen_accuracy if test else None,
+        "int8_test_per_device": test.per_device if test else {},
+        "int8_size_kb": size / 1024, "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms,
+        "int8_torchscript": str(path),
+    }

@@ -1,0 +1,111 @@
+"""Int8 quantisation-aware training primitives (seed 000 section III-C; REFERENCE.md section 5).
+
+The recipe is CP-JKU's `run_qat.py` in eager `torch.ao.quantization`: fuse conv-BN(-ReLU), attach the fbgemm
+QAT qconfig, `prepare_qat`, fine-tune, freeze observers and BN statistics for the last epochs, then `convert` a
+CPU copy to int8 and ship it as TorchScript. The epoch loop lives with the trainer; these are its steps.
+
+Models must provide `fuse_model()` and their own Quant/DeQuant stubs (every student in `students/` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.ao.quantization as tq
+from torch import nn
+
+from asc_dist.atomic import atomic_path
+from asc_dist.errors import ConfigError
+
+BACKEND = "fbgemm"  # x86 int8 kernels; the paper's "fbgemm observer"
+
+
+@contextlib.contextmanager
+def _quiet_ao() -> Iterator[None]:
+    """Silence torch.ao's deprecation notices (they point to torchao; the eager API works in torch 2.11)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*reduce_range will be deprecated.*")
+        yield
+
+
+def prepare_qat(model: nn.Module) -> nn.Module:
+    """A QAT copy of `model`: train mode, conv-BN(-ReLU) fused, fbgemm fake-quant observers inserted.
+
+    The input model is left untouched (fusion and observer insertion happen on a deep copy).
+    """
+    if not hasattr(model, "fuse_model"):
+        raise ConfigError(f"{type(model).__name__} has no fuse_model(); it cannot be prepared for int8 QAT")
+    torch.backends.quantized.engine = BACKEND
+    qat = copy.deepcopy(model).train()
+    qat.fuse_model()
+    with _quiet_ao():
+        qat.qconfig = tq.get_default_qat_qconfig(BACKEND)
+        tq.prepare_qat(qat, inplace=True)
+    return qat
+
+
+def freeze_observers_and_bn(qat_model: nn.Module) -> nn.Module:
+    """For the last QAT epochs: fix quantisation ranges and BN running statistics (CP-JKU's last 4 epochs)."""
+    qat_model.apply(tq.disable_observer)
+    qat_model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    return qat_model
+
+
+def convert_int8(qat_model: nn.Module) -> nn.Module:
+    """An int8 copy of a QAT model (CPU, eval); the QAT model keeps training if the caller wants."""
+    torch.backends.quantized.engine = BACKEND
+    cpu = copy.deepcopy(qat_model).cpu().eval()
+    with _quiet_ao():
+        return tq.convert(cpu, inplace=True)
+
+
+def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+    """Trace `int8_model` on `example_input` and save it atomically; the file loads with `torch.jit.load` alone.
+
+    Tracing freezes input-dependent shapes (e.g. SP4SC's time pooling), so export with the deployment clip length.
+    """
+    model = int8_model.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example_input.cpu())
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
+    return Path(path)
+
+
+def int8_size_bytes(model: nn.Module | str | os.PathLike) -> int:
+    """Bytes on disk of a saved TorchScript file, or of `model.state_dict()` serialised with `torch.save`.
+
+    This is the shipped artefact (weights, scales, zero points, container overhead), not the DCASE count,
+    which is parameters x bytes per parameter (see `asc_dist.complexity`).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).stat().st_size
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def latency_per_clip_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time per clip (ms) of `model(example_input)` on CPU, batch time divided by batch size."""
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    model = model.eval()
+    x = example_input.cpu()
+    times: list[float] = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    times.sort()
+    return 1000.0 * times[len(times) // 2] / max(1, x.shape[0])

@@ -1,0 +1,279 @@
+"""`python -m asc_dist.tune`: Ray Tune sweep over student presets x KD lambda (x temperature), in MLflow.
+
+Every trial is one `asc_dist.distill.train_student` run, nested in MLflow under one parent run for the
+sweep; ASHA stops weak trials early on validation accuracy; a failed trial resumes from its last epoch
+checkpoint. At the end: a results table, an accuracy-vs-MACs plot on the parent run, and the best trial of
+each preset QAT-finetuned and exported to int8 TorchScript.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from asc_dist import tracking
+from asc_dist.atomic import write_text_atomic
+from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.distill import StudentConfig
+from asc_dist.errors import ConfigError
+from asc_dist.kd import validate_kd
+from asc_dist.prepare import DataConfig
+
+log = logging.getLogger("asc_dist.tune")
+RESULTS = "sweep/results.json"
+
+
+@dataclass
+class SweepConfig:
+    run_dir: str
+    presets: list[str] = field(default_factory=lambda: ["sm1", "sm2", "sm3", "sm4"])
+    kd_lambdas: list[float] = field(default_factory=lambda: [0.02, 0.1, 0.5])
+    temperatures: list[float] = field(default_factory=lambda: [2.0])
+    model: str = "dsflexinet"
+    targets: str = "fused"
+    epochs: int = 10
+    qat_epochs: int = 2
+    num_samples: int = 1
+    scheduler: str = "asha"
+    max_concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None
+    mlflow_uri: str | None = None
+    experiment: str = "sweep"
+    data: DataConfig = field(default_factory=DataConfig)
+    base: dict = field(default_factory=dict)  # further StudentConfig fields shared by every trial
+
+    def validate(self) -> None:
+        from students.registry import student_presets
+
+        valid = student_presets(self.model)
+        bad = [p for p in self.presets if p not in valid]
+        if bad or not self.presets:
+            raise ConfigError(f"unknown preset(s) {bad or '(none given)'} for {self.model}; choose from {', '.join(valid)}")
+        if not self.kd_lambdas or not self.temperatures:
+            raise ConfigError("give at least one --kd-lambda and one --temperature")
+        for lam in self.kd_lambdas:
+            for t in self.temperatures:
+                validate_kd(lam, t, "cpjku")
+        if self.scheduler not in ("asha", "fifo"):
+            raise ConfigError(f"--scheduler {self.scheduler!r} is unknown; choose asha or fifo")
+        if self.epochs < 1 or self.num_samples < 1:
+            raise ConfigError("--epochs and --num-samples must be >= 1")
+
+    def fingerprint(self, targets_fp: str) -> str:
+        d = asdict(self)
+        for k in ("address", "mlflow_uri", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "run_dir"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps([d, targets_fp], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _student(sweep: SweepConfig, trial: dict, parent_run_id: str | None, uri: str) -> StudentConfig:
+    name = f"{sweep.model}-{trial['preset']}-l{trial['kd_lambda']:g}-T{trial['temperature']:g}-s{trial['sample']}"
+    return StudentConfig(
+        run_dir=sweep.run_dir, data=sweep.data, model=sweep.model, preset=trial["preset"], targets=sweep.targets,
+        kd_lambda=trial["kd_lambda"], temperature=trial["temperature"], epochs=sweep.epochs, seed=trial["sample"],
+        qat_epochs=0, name=name, experiment=sweep.experiment, mlflow_uri=uri, parent_run_id=parent_run_id,
+        device="cuda" if sweep.gpus_per_trial > 0 else "cpu", threads=max(1, int(sweep.cpus_per_trial)), **sweep.base,
+    )
+
+
+def sweep_trainable(config: dict) -> None:
+    """One student training per trial; reports val_acc every epoch (ASHA's signal) with a checkpoint."""
+    import shutil
+    import tempfile
+
+    from ray import tune
+
+    from asc_dist.audio.store import WaveformStore
+    from asc_dist.distill import train_student
+
+    sweep = SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
+    cfg = _student(sweep, config["trial"], config["parent_run_id"], config["mlflow_uri"])
+    store = WaveformStore(sweep.data.store)
+
+    def report(metrics: dict, state_dir: str) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(state_dir))
+
+    ckpt = tune.get_checkpoint()
+    local = None
+    if ckpt is not None:
+        local = tempfile.mkdtemp()
+        with ckpt.as_directory() as d:
+            shutil.copy(Path(d) / "state.pt", Path(local) / "state.pt")
+    result = train_student(cfg, report=report, checkpoint_dir=local, store=store)
+    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "done": 1})
+
+
+def run_sweep(sweep: SweepConfig) -> list[dict]:
+    from asc_dist.cluster import connect
+    from asc_dist.logits import load_targets, targets_path
+    from asc_dist.prepare import prepare_store
+
+    quiet_third_party()
+    sweep.validate()
+    uri = tracking.resolve_uri(sweep.run_dir, sweep.mlflow_uri)
+    tracking.check_reachable(uri)
+    connect(sweep.address)
+    if sweep.targets != "none" and not targets_path(sweep.run_dir).is_file():
+        raise ConfigError(f"{targets_path(sweep.run_dir)} is missing; run the teachers and `python -m asc_dist.fusion --run {sweep.run_dir}` first, or pass --targets none")
+    store = prepare_store(sweep.data, sweep.run_dir)
+    sweep = replace(sweep, data=replace(sweep.data, store=str(store.path.resolve())))
+    targets_fp = load_targets(targets_path(sweep.run_dir)).fingerprint if sweep.targets != "none" else store.fingerprint
+    fp = sweep.fingerprint(targets_fp)
+    results_file = Path(sweep.run_dir) / RESULTS
+    if results_file.is_file() and json.loads(results_file.read_text()).get("fingerprint") == fp:
+        log.info("sweep results in %s are up to date; nothing to run", results_file)
+        return json.loads(results_file.read_text())["trials"]
+    tracking.configure(uri)
+    with tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=_sweep_params(sweep),
+                      tags={"asc_dist.step": "sweep"}) as parent:
+        rows = _tune(sweep, parent.run_id, uri)
+        _quantize_best(sweep, rows, store, parent.run_id, uri)
+        from asc_dist.sweep_report import log_sweep_report
+
+        log_sweep_report(parent, rows, Path(sweep.run_dir) / "sweep")
+    write_text_atomic(results_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id, "trials": rows}, indent=2, default=str))
+    return rows
+
+
+def _sweep_params(sweep: SweepConfig) -> dict:
+    return {"presets": ",".join(sweep.presets), "kd_lambdas": ",".join(map(str, sweep.kd_lambdas)),
+            "temperatures": ",".join(map(str, sweep.temperatures)), "model": sweep.model, "targets": sweep.targets,
+            "epochs": sweep.epochs, "scheduler": sweep.scheduler, "num_samples": sweep.num_samples}
+
+
+def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from asc_dist.progress import EpochProgress
+
+    trials = [{"preset": p, "kd_lambda": lam, "temperature": t, "sample": s}
+              for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs, grace_period=1, reduction_factor=2)
+                 if sweep.scheduler == "asha" else FIFOScheduler())
+    sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
+    tuner = tune.Tuner(
+        tune.with_resources(sweep_trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}),
+        param_space={"trial": tune.grid_search(trials), "sweep": sweep_dict, "parent_run_id": parent_run_id, "mlflow_uri": uri},
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler, max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(
+            name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((Path(sweep.run_dir) / "ray_results").resolve()),
+            failure_config=tune.FailureConfig(max_failures=2), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[EpochProgress("student")], verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        trial = result.config["trial"]
+        m = result.metrics or {}
+        cfg = _student(sweep, trial, parent_run_id, uri)
+        saved = cfg.out_dir / "result.json"
+        full = json.loads(saved.read_text()) if m.get("done") and saved.is_file() else {}
+        rows.append({
+            "name": cfg.run_name, "preset": trial["preset"], "kd_lambda": trial["kd_lambda"], "temperature": trial["temperature"],
+            "sample": trial["sample"], "epochs_run": m.get("epoch"), "stopped_early": not m.get("done"),
+            "val_acc": full.get("val_acc", m.get("val_acc")), "test_acc": full.get("test_acc"), "unseen_acc": full.get("unseen_acc"),
+            "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
+            "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
+            "mlflow_run_id": full.get("mlflow_run_id"),
+        })
+    _close_stopped_runs(rows, parent_run_id, uri, sweep.experiment)
+    return rows
+
+
+def _close_stopped_runs(rows: list[dict], parent_run_id: str, uri: str, experiment: str) -> None:
+    """Trials that ASHA stopped never reach their own end: mark their MLflow runs KILLED, tagged as such."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    children = client.search_runs([tracking.experiment_id(experiment, uri)], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    stopped = {r["name"] for r in rows if r["stopped_early"]}
+    for child in children:
+        if child.info.run_name in stopped and child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, "asc_dist.stopped_early", "true")
+            client.set_terminated(child.info.run_id, status="KILLED")
+
+
+def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: str, uri: str) -> None:
+    """QAT-finetune and export the best finished trial of every preset (by validation accuracy)."""
+    import torch
+
+    from asc_dist.distill import build_student_model
+    from asc_dist.qat import quantize_student
+
+    if sweep.qat_epochs < 1:
+        return
+    for preset in sweep.presets:
+        done = [r for r in rows if r["preset"] == preset and not r["stopped_early"] and r["checkpoint"]]
+        if not done:
+            log.warning("preset %s: no trial finished, nothing to quantise", preset)
+            continue
+        best = max(done, key=lambda r: r["val_acc"] or 0.0)
+        cfg = replace(_student(sweep, best, parent_run_id, uri), qat_epochs=sweep.qat_epochs, device="cpu")
+        model = build_student_model(cfg, len(store.classes))
+        model.load_state_dict(torch.load(best["checkpoint"], map_location="cpu", weights_only=False)["model"])
+        with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
+                          tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id) as mlrun:
+            best.update(quantize_student(cfg, store, model, mlrun))
+        best["best_of_preset"] = True
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asc_dist.tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder with fused/targets.parquet")
+    p.add_argument("--presets", default="sm1,sm2,sm3,sm4")
+    p.add_argument("--kd-lambda", default="0.02,0.1,0.5")
+    p.add_argument("--temperature", default="2")
+    p.add_argument("--model", default="dsflexinet")
+    p.add_argument("--targets", default="fused", choices=("fused", "average", "none"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs for the best trial of each preset (0 = skip)")
+    p.add_argument("--num-samples", type=int, default=1, help="seeds per grid point")
+    p.add_argument("--scheduler", default="asha", help="asha | fifo")
+    p.add_argument("--max-concurrent", type=int, default=None)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
+    p.add_argument("--mlflow-uri", default=None)
+    p.add_argument("--experiment", default="sweep")
+    p.add_argument("--data", default=None)
+    p.add_argument("--store", default=None)
+    p.add_argument("--dirs", default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    sweep = SweepConfig(
+        run_dir=args.run, presets=[p for p in args.presets.split(",") if p], kd_lambdas=_floats(args.kd_lambda),
+        temperatures=_floats(args.temperature), model=args.model, targets=args.targets, epochs=args.epochs,
+        qat_epochs=args.qat_epochs, num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
+        mlflow_uri=args.mlflow_uri, experiment=args.experiment, data=DataConfig(root=args.data, store=args.store, dirs=args.dirs),
+    )
+    rows = run_sweep(sweep)
+    from asc_dist.sweep_report import format_results
+
+    print(format_results(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
