@@ -119,7 +119,8 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
     sweep.validate()
     uri = tracking.resolve_uri(sweep.run_dir, sweep.mlflow_uri)
     tracking.check_reachable(uri)
-    connect(sweep.address)
+    if sweep.address:
+        connect(sweep.address)  # fail fast on an unreachable cluster, before any work
     if sweep.targets != "none" and not targets_path(sweep.run_dir).is_file():
         raise ConfigError(f"{targets_path(sweep.run_dir)} is missing; run the teachers and `python -m asc_dist.fusion --run {sweep.run_dir}` first, or pass --targets none")
     store = prepare_store(sweep.data, sweep.run_dir)
@@ -130,6 +131,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
     if results_file.is_file() and json.loads(results_file.read_text()).get("fingerprint") == fp:
         log.info("sweep results in %s are up to date; nothing to run", results_file)
         return json.loads(results_file.read_text())["trials"]
+    connect(sweep.address)
     tracking.configure(uri)
     with tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=_sweep_params(sweep),
                       tags={"asc_dist.step": "sweep"}) as parent:

@@ -317,9 +317,9 @@ def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
 # Ranges per severity: seen devices (b, c, s1-s3) are mildly coloured, unseen ones (s4-s6) harsher.
 SEVERITY = {
     "seen": dict(hp=(60, 250), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
-                 gain=4, noise=(-80, -68), thr=(-35, -25), ratio=(1.0, 2.5)),
+                 gain=4, noise=(-82, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
     "unseen": dict(hp=(80, 300), lp=(5000, 12000), tilt=2.0, n_res=(2, 3), res_db=8, bw=(0.2, 0.6),
-                   gain=5, noise=(-74, -64), thr=(-40, -30), ratio=(1.5, 3.0)),
+                   gain=5, noise=(-78, -70), thr=(-40, -30), ratio=(1.5, 3.0)),
 }  # fmt: skip
 
 

@@ -1,0 +1,177 @@
+"""`python -m asc_dist.pipeline`: the whole system in one command (the README's first command).
+
+data (synthetic if no --data) -> check and pack -> teachers (Ray) -> fusion -> sweep (Ray Tune + MLflow)
+-> int8 export of the best student per preset -> RUN/report.md. Each step records the fingerprint of its
+inputs in RUN/pipeline.json and is skipped while that fingerprint and its outputs stand, so an interrupted
+pipeline resumes where it stopped and a finished one runs no step at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from asc_dist.atomic import write_text_atomic
+from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.prepare import DataConfig
+from asc_dist.roster import DEFAULT_ROSTER, DEMO_ROSTER
+
+log = logging.getLogger("asc_dist.pipeline")
+STATE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class Profile:
+    roster: str
+    n_teachers: int | None = None
+    teacher_epochs: int | None = None
+    clips_per_device: int | None = None
+    presets: tuple[str, ...] = ("sm1", "sm2", "sm3", "sm4")
+    kd_lambdas: tuple[float, ...] = (0.02, 0.1, 0.5)
+    temperatures: tuple[float, ...] = (2.0,)
+    student_epochs: int = 30
+    qat_epochs: int = 6
+    scheduler: str = "asha"
+
+
+PROFILES = {
+    # Two CPU cores, under 15 minutes: four tiny teachers, two presets x two lambdas.
+    "demo": Profile(roster=str(DEMO_ROSTER), clips_per_device=120, presets=("sm1", "sm2"), kd_lambdas=(0.02, 0.5), student_epochs=8, qat_epochs=2),
+    # The paper's setting: the 12-teacher roster and the sm1-sm4 x lambda sweep (GPU cluster).
+    "full": Profile(roster=str(DEFAULT_ROSTER)),
+}
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/demo"
+    profile: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    address: str | None = None
+    mlflow_uri: str | None = None
+    overrides: dict = field(default_factory=dict)  # Profile fields replaced from the CLI
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StepState:
+    """RUN/pipeline.json: per step, the fingerprint of the inputs it last completed with."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / STATE
+        self.done = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def fresh(self, step: str, key: str, *outputs: Path) -> bool:
+        return self.done.get(step) == key and all(p.exists() for p in outputs)
+
+    def mark(self, step: str, key: str) -> None:
+        self.done[step] = key
+        write_text_atomic(self.path, json.dumps(self.done, indent=2))
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    from asc_dist import tracking
+    from asc_dist.prepare import prepare_store
+
+    quiet_third_party()
+    profile = replace(PROFILES[cfg.profile], **cfg.overrides)
+    run_dir = Path(cfg.run_dir).resolve()
+    uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
+    tracking.check_reachable(uri)
+    if cfg.address:
+        from asc_dist.cluster import connect
+
+        connect(cfg.address)
+    data = cfg.data if cfg.data.root or profile.clips_per_device is None else replace(cfg.data, synth_clips_per_device=profile.clips_per_device)
+    start, ran = time.perf_counter(), []
+    store = prepare_store(data, run_dir)  # skips itself: synth once, pack by fingerprint
+    data = replace(data, store=str(store.path))
+    state = StepState(run_dir)
+
+    teachers_key = _key(store.fingerprint, profile.roster, Path(profile.roster).read_text(), profile.n_teachers, profile.teacher_epochs)
+    if not state.fresh("teachers", teachers_key, run_dir / "teachers.json"):
+        from asc_dist.teachers import TeachersConfig, run_teachers
+
+        run_teachers(TeachersConfig(run_dir=str(run_dir), data=data, n=profile.n_teachers, roster=profile.roster,
+                                    epochs=profile.teacher_epochs, address=cfg.address, mlflow_uri=uri))
+        state.mark("teachers", teachers_key)
+        ran.append("teachers")
+
+    fusion_key = _key(teachers_key, (run_dir / "teachers.json").read_text())
+    if not state.fresh("fusion", fusion_key, run_dir / "fused" / "targets.parquet"):
+        from asc_dist.fusion import FusionConfig, run_fusion
+
+        run_fusion(FusionConfig(run_dir=str(run_dir), mlflow_uri=uri))
+        state.mark("fusion", fusion_key)
+        ran.append("fusion")
+
+    sweep_key = _key(fusion_key, profile)
+    if not state.fresh("sweep", sweep_key, run_dir / "sweep" / "results.json"):
+        from asc_dist.tune import SweepConfig, run_sweep
+
+        run_sweep(SweepConfig(run_dir=str(run_dir), presets=list(profile.presets), kd_lambdas=list(profile.kd_lambdas),
+                              temperatures=list(profile.temperatures), epochs=profile.student_epochs, qat_epochs=profile.qat_epochs,
+                              scheduler=profile.scheduler, address=cfg.address, mlflow_uri=uri, data=data))
+        state.mark("sweep", sweep_key)
+        ran.append("sweep")
+
+    report_key = _key(sweep_key, (run_dir / "sweep" / "results.json").read_text())
+    if not state.fresh("report", report_key, run_dir / "report.md"):
+        from asc_dist.pipeline_report import write_report
+
+        write_report(run_dir, store, cfg.profile, time.perf_counter() - start)
+        state.mark("report", report_key)
+        ran.append("report")
+    log.info("pipeline done in %.0f s; steps run: %s", time.perf_counter() - start, ", ".join(ran) or "none (all up to date)")
+    return {"ran": ran, "report": str(run_dir / "report.md"), "wall_s": time.perf_counter() - start}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asc_dist.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="TAU-layout dataset (default: the embedded synthetic dataset in RUN/data)")
+    p.add_argument("--run", default="runs/demo", help="run folder")
+    p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--dirs", default=None, help="device impulse responses for DIR (e.g. ../shared/data/micirp)")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
+    p.add_argument("--mlflow-uri", default=None)
+    g = p.add_argument_group("profile overrides")
+    g.add_argument("--n-teachers", type=int, default=None)
+    g.add_argument("--teacher-epochs", type=int, default=None)
+    g.add_argument("--clips-per-device", type=int, default=None, help="size of the synthetic dataset")
+    g.add_argument("--presets", default=None)
+    g.add_argument("--kd-lambda", default=None)
+    g.add_argument("--student-epochs", type=int, default=None)
+    g.add_argument("--qat-epochs", type=int, default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    from asc_dist.tune import _floats
+
+    overrides = {
+        k: v for k, v in {
+            "n_teachers": args.n_teachers, "teacher_epochs": args.teacher_epochs, "clips_per_device": args.clips_per_device,
+            "presets": tuple(args.presets.split(",")) if args.presets else None,
+            "kd_lambdas": tuple(_floats(args.kd_lambda)) if args.kd_lambda else None,
+            "student_epochs": args.student_epochs, "qat_epochs": args.qat_epochs,
+        }.items() if v is not None
+    }
+    cfg = PipelineConfig(run_dir=args.run, profile=args.profile, data=DataConfig(root=args.data, dirs=args.dirs),
+                         address=args.address, mlflow_uri=args.mlflow_uri, overrides=overrides)
+    result = run_pipeline(cfg)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,97 @@
+"""RUN/report.md: the pipeline's tables (data, teachers, fusion, sweep, int8) and pictures in one page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from asc_dist.atomic import write_text_atomic
+from asc_dist.data.table import device_sort_key
+from asc_dist.sweep_report import format_results
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f}" if isinstance(x, (int, float)) else "-"
+
+
+def _data_section(store) -> list[str]:
+    table = store.table()
+    devices = sorted(set(table.device.tolist()), key=device_sort_key)
+    lines = ["## Data", "", f"Store `{store.path}` (fingerprint `{store.fingerprint}`), {len(table)} clips, {len(store.classes)} classes.", ""]
+    lines += ["| split | " + " | ".join(devices) + " | total |", "|---|" + "---|" * (len(devices) + 1)]
+    for split in ("train", "val", "test"):
+        counts = [int(((table.split == split) & (table.device == d)).sum()) for d in devices]
+        lines.append(f"| {split} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |")
+    return lines
+
+
+def _teachers_section(run_dir: Path) -> list[str]:
+    path = run_dir / "teachers.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["teachers"].values()
+    lines = ["## Teachers", "", "| teacher | family | params | val acc | test acc | unseen acc | wall s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['teacher']} | {r['family']} | {r['params']:,} | {_pct(r['val_acc'])} | {_pct(r['test_acc'])} | {_pct(r['unseen_acc'])} | {r['wall_s']:.0f} |")
+    return lines
+
+
+def _fusion_section(run_dir: Path) -> list[str]:
+    path = run_dir / "fused" / "fusion.json"
+    if not path.is_file():
+        return []
+    rep = json.loads(path.read_text())
+    res = rep["results"]
+    systems = [(n, r) for n, r in res["teachers"].items()] + [("**average**", res["average"]), ("**fusion**", res["fusion"])]
+    best = max(res["teachers"].items(), key=lambda kv: (kv[1].get("val") or {}).get("acc") or 0)[0]
+    lines = ["## Fusion (eq. 4: a weight per teacher, a bias per class, fitted on val)", "",
+             "| system | weight | val loss | val acc | test loss | test acc | unseen acc |", "|---|---|---|---|---|---|---|"]
+    for name, r in systems:
+        val, test = r.get("val") or {}, r.get("test") or {}
+        w = rep["weights"].get(name)
+        mark = " (best single)" if name == best else ""
+        loss = lambda d: f"{d['loss']:.3f}" if d.get("loss") is not None else "-"  # noqa: E731
+        lines.append(f"| {name}{mark} | {f'{w:.3f}' if w is not None else '-'} | {loss(val)} | {_pct(val.get('acc'))} | {loss(test)} | {_pct(test.get('acc'))} | {_pct(test.get('unseen_acc'))} |")
+    fusion_test = res["fusion"].get("test") or {}
+    if fusion_test.get("per_device"):
+        devs = list(fusion_test["per_device"])
+        lines += ["", "Test accuracy per device:", "", "| system | " + " | ".join(devs) + " |", "|---|" + "---|" * len(devs)]
+        for name, r in [(best, res["teachers"][best]), ("average", res["average"]), ("fusion", res["fusion"])]:
+            pd = (r.get("test") or {}).get("per_device", {})
+            lines.append(f"| {name} | " + " | ".join(_pct((pd.get(d) or {}).get("acc")) for d in devs) + " |")
+    return lines
+
+
+def _int8_section(rows: list[dict]) -> list[str]:
+    best = [r for r in rows if r.get("best_of_preset")]
+    if not best:
+        return []
+    lines = ["## Best student per preset, fp32 and int8 (QAT)", "",
+             "| student | params | MMACs | fp32 test | fp32 unseen | int8 test | int8 unseen | int8 KB | fp32 ms | int8 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in best:
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['macs'] / 1e6:.2f} | {_pct(r['test_acc'])} | {_pct(r['unseen_acc'])} | "
+            f"{_pct(r.get('int8_test_acc'))} | {_pct(r.get('int8_unseen_acc'))} | {r.get('int8_size_kb', 0):.1f} | "
+            f"{r.get('fp32_latency_ms', 0):.2f} | {r.get('int8_latency_ms', 0):.2f} |"
+        )
+    return lines
+
+
+def write_report(run_dir: Path, store, profile: str, wall_s: float) -> Path:
+    sweep = run_dir / "sweep" / "results.json"
+    rows = json.loads(sweep.read_text())["trials"] if sweep.is_file() else []
+    lines = [f"# asc-dist pipeline report ({profile} profile)", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}; this invocation took {wall_s:.0f} s.", ""]
+    lines += _data_section(store) + [""] + _teachers_section(run_dir) + [""] + _fusion_section(run_dir) + [""]
+    if rows:
+        lines += ["## Sweep (Ray Tune, ASHA on val accuracy)", "", format_results(rows), ""]
+        plot = run_dir / "sweep" / "accuracy_vs_macs.png"
+        if plot.is_file():
+            shutil.copy(plot, run_dir / "accuracy_vs_macs.png")
+            lines += ["![accuracy vs MACs](accuracy_vs_macs.png)", ""]
+    lines += _int8_section(rows)
+    path = run_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
