@@ -25,7 +25,7 @@ from torch import nn
 from asc_dist.atomic import atomic_path
 from asc_dist.errors import ConfigError
 
-BACKEND = "fbgemm"  # x86 int8 kernels; the paper's "fbgemm observer"
+QCONFIG_BACKEND = "fbgemm"  # the paper's "fbgemm observer"; identical to torch's "x86" QAT qconfig
 
 
 @contextlib.contextmanager
@@ -44,11 +44,10 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     """
     if not hasattr(model, "fuse_model"):
         raise ConfigError(f"{type(model).__name__} has no fuse_model(); it cannot be prepared for int8 QAT")
-    torch.backends.quantized.engine = BACKEND
     qat = copy.deepcopy(model).train()
     qat.fuse_model()
     with _quiet_ao():
-        qat.qconfig = tq.get_default_qat_qconfig(BACKEND)
+        qat.qconfig = tq.get_default_qat_qconfig(QCONFIG_BACKEND)
         tq.prepare_qat(qat, inplace=True)
     return qat
 
@@ -61,8 +60,11 @@ def freeze_observers_and_bn(qat_model: nn.Module) -> nn.Module:
 
 
 def convert_int8(qat_model: nn.Module) -> nn.Module:
-    """An int8 copy of a QAT model (CPU, eval); the QAT model keeps training if the caller wants."""
-    torch.backends.quantized.engine = BACKEND
+    """An int8 copy of a QAT model (CPU, eval); the QAT model keeps training if the caller wants.
+
+    Weights are packed for the current `torch.backends.quantized.engine` (torch's default "x86" on x86 CPUs,
+    which picks oneDNN or fbgemm kernels per layer), the engine a fresh process also uses to load the export.
+    """
     cpu = copy.deepcopy(qat_model).cpu().eval()
     with _quiet_ao():
         return tq.convert(cpu, inplace=True)

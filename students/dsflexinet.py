@@ -4,9 +4,12 @@ A stem of two 3x3 stride-2 convolutions with BN+ReLU, then stages of MobileNetV2
 (1x1 expand, 3x3 depthwise, 1x1 linear projection) whose residual path adapts to the block: identity when shape is
 kept, average pooling when the block strides, a 1x1 conv+BN when the channel count changes. Channels grow by stage.
 
-Residual Normalization (section II-B, eq. 1-2) or plain BN sits at the entry of every stage (`norm="rn"|"bn"`),
-the layer the paper's Table V swaps in its BN-vs-RN ablation. The paper gives no public code, so where it is
-silent (the exact position of the normalisation, the head) the choice is documented here.
+The paper gives no public code; where it is silent we choose, and say so:
+- Residual Normalization (section II-B, eq. 1-2) or plain BN (`norm="rn"|"bn"`, the swap of Table V's ablation)
+  sits at the entry of every stage, on the residual stream, as QTI's RN normalises a block's input. The
+  conv-BN(-ReLU) units inside blocks keep BN in both modes, so they fold away for int8.
+- Head: global average pooling and one linear layer. Stage 1 keeps the stem's resolution (64x16 for a 256x64
+  input), every later stage halves it in its first block.
 
 Presets `sm1`..`sm4` reproduce Table II's sizes on the 1x256x64 student mel (torchinfo count, before fusion).
 """
@@ -14,7 +17,7 @@ Presets `sm1`..`sm4` reproduce Table II's sizes on the 1x256x64 student mel (tor
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.ao.quantization as tq
@@ -126,7 +129,7 @@ class StageSpec:
 @dataclass(frozen=True)
 class DSFlexiNetConfig:
     stem_channels: tuple[int, int] = (8, 16)
-    stages: tuple[StageSpec, ...] = field(default_factory=tuple)
+    stages: tuple[StageSpec, ...] = (StageSpec(16, 3, 1), StageSpec(20, 3), StageSpec(24, 3), StageSpec(32, 2))  # sm2
     n_classes: int = 10
     in_channels: int = 1
     norm: str = "rn"  # "rn": Residual Normalization at each stage entry; "bn": BatchNorm2d there
@@ -166,9 +169,7 @@ class DSFlexiNet(nn.Module):
         self.cfg = cfg
         c0, c1 = cfg.stem_channels
         self.quant = tq.QuantStub()
-        self.stem = nn.Sequential(
-            ConvBNAct(cfg.in_channels, c0, 3, stride=2), ConvBNAct(c0, c1, 3, stride=2)
-        )
+        self.stem = nn.Sequential(ConvBNAct(cfg.in_channels, c0, 3, stride=2), ConvBNAct(c0, c1, 3, stride=2))
         stages: list[nn.Module] = []
         in_ch = c1
         for spec in cfg.stages:

@@ -1,0 +1,103 @@
+"""Student training end to end on real data: KD from Parquet targets, MLflow, QAT, int8 TorchScript; bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asc_dist.distill import StudentConfig, train_student
+from asc_dist.logits import write_targets
+from asc_dist.prepare import DataConfig
+
+
+def make_targets(run_dir: Path, store, drop: int = 0) -> None:
+    """Targets in the fusion's Parquet schema: a confident-but-noisy teacher (labels one-hot x 4 + noise)."""
+    table = store.table()
+    rng = np.random.default_rng(0)
+    logits = 4.0 * np.eye(len(store.classes), dtype=np.float32)[table.label] + rng.normal(0, 1, (len(table), len(store.classes))).astype(np.float32)
+    keep = np.arange(len(table))[drop:]
+    write_targets(run_dir, table.filename[keep], table.split[keep], table.device[keep], table.label[keep],
+                  logits[keep], logits[keep] * 0.5, store.classes, ["synthetic-teacher"], store.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory, synth_root, synth_store):
+    run = tmp_path_factory.mktemp("students") / "run"
+    make_targets(run, synth_store)
+    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), model="dsflexinet", preset="sm1",
+                        epochs=1, qat_epochs=1, batch_size=32, device="cpu")
+    return run, train_student(cfg)
+
+
+def test_student_trains_with_kd_and_exports_int8(student_run):
+    run, result = student_run
+    assert result["params"] > 10_000 and result["macs"] > 1e6
+    assert 0.0 <= result["test_acc"] <= 1.0 and 0.0 <= result["int8_test_acc"] <= 1.0
+    assert set(result["int8_test_per_device"]) >= {"a", "s4", "s6"}
+    saved = json.loads((Path(result["checkpoint"]).parent / "result.json").read_text())
+    assert saved["name"] == result["name"]
+    assert result["int8_size_kb"] > 0 and result["fp32_size_kb"] > 0  # serialised state dicts (overhead included)
+    assert result["int8_kb"] == pytest.approx(result["params"] / 1024)  # DCASE count: one byte per parameter
+
+
+def test_int8_torchscript_predicts_in_a_fresh_process(student_run):
+    _, result = student_run
+    code = (
+        "import sys, torch; m = torch.jit.load(sys.argv[1]); m.eval();"
+        "x = torch.randn(3, 32000) * 0.1; y = m(x);"
+        "assert y.shape == (3, 10), y.shape; assert torch.isfinite(y).all(); print('ok', y.argmax(1).tolist())"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, result["int8_torchscript"]], capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
+
+
+def test_student_run_logged_to_mlflow(student_run):
+    import mlflow
+
+    run, result = student_run
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    r = client.get_run(result["mlflow_run_id"])
+    assert r.info.status == "FINISHED"
+    assert r.data.params["preset"] == "sm1" and "kd_lambda" in r.data.params
+    assert {"test_accuracy", "int8_test_accuracy", "macs", "int8_size_kb"} <= set(r.data.metrics)
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"confusion_matrix.png", "per_device_accuracy.png", "model_int8.pt", "config.json"} <= arts
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asc_dist.students", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["model", "preset", "lambda", "missing_targets", "empty_irs"])
+def test_bad_input_one_line_exit_2(case, tmp_path, synth_root, synth_store):
+    run = tmp_path / "run"
+    args = ["--run", str(run), "--data", str(synth_root), "--epochs", "1"]
+    if case == "model":
+        args += ["--model", "resnet9000"]
+        expect = "resnet9000"
+    elif case == "preset":
+        args += ["--preset", "sm9"]
+        expect = "sm9"
+    elif case == "lambda":
+        args += ["--kd-lambda", "1.5"]
+        expect = "outside [0, 1]"
+    elif case == "missing_targets":
+        make_targets(run, synth_store, drop=5)
+        expect = "training clips have no target"
+    else:
+        empty = tmp_path / "irs"
+        empty.mkdir()
+        (empty / "broken.wav").write_bytes(b"not audio")
+        args += ["--adir", "323,0.6", "--dirs", str(empty), "--targets", "none"]
+        expect = str(empty)
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (run / "students").exists()
