@@ -69,7 +69,7 @@ def _int8_section(rows: list[dict]) -> list[str]:
     if not best:
         return []
     lines = ["## Best student per preset, fp32 and int8 (QAT)", "",
-             "| student | params | MMACs | fp32 test | fp32 unseen | int8 test | int8 unseen | int8 KB | fp32 ms | int8 ms |",
+             "| student | params | MMACs | fp32 test | fp32 unseen | int8 test | int8 unseen | int8 state KB | fp32 ms | int8 ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in best:
         lines.append(

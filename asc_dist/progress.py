@@ -21,7 +21,7 @@ class EpochProgress(tune.Callback):
         self.started.setdefault(trial.trial_id, time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "epoch" not in result or result.get("done"):
+        if "epoch" not in result or result.get("finished"):
             return
         name = result.get(self.name_key, trial.trial_id)
         epoch, epochs = int(result["epoch"]), int(result.get("epochs", result["epoch"]))

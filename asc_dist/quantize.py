@@ -76,8 +76,9 @@ def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_i
     Tracing freezes input-dependent shapes (e.g. SP4SC's time pooling), so export with the deployment clip length.
     """
     model = int8_model.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example_input.cpu())
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside F ops, constant here
+        traced = torch.jit.trace(model, example_input.cpu(), check_trace=False)
     with atomic_path(path) as tmp:
         traced.save(str(tmp))
     return Path(path)

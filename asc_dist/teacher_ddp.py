@@ -86,4 +86,4 @@ def ddp_trainable(config: dict) -> None:
         from asc_dist.features import FRONT_ENDS, LogMel
 
         summary = finish_teacher(t, ctx, store, model, LogMel(FRONT_ENDS[model.front_end]), "cpu", mlrun, state["history"], start)
-    tune.report({**summary, "workers": workers, "done": 1})
+    tune.report({**summary, "workers": workers, "finished": 1})

@@ -175,7 +175,7 @@ def tune_trainable(config: dict) -> None:
         summary = train_teacher(t, ctx, report, local)
     else:
         summary = train_teacher(t, ctx, report)
-    tune.report({**summary, "done": 1})
+    tune.report({**summary, "finished": 1})
 
 
 def context_dict(ctx: TeacherRunContext) -> dict:

@@ -165,7 +165,7 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
     results = {}
     for result in grid:
         metrics = result.metrics or {}
-        if result.error is None and metrics.get("done"):
+        if result.error is None and metrics.get("finished"):
             results[metrics["teacher"]] = metrics
     return results
 

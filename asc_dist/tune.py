@@ -107,7 +107,7 @@ def sweep_trainable(config: dict) -> None:
         with ckpt.as_directory() as d:
             shutil.copy(Path(d) / "state.pt", Path(local) / "state.pt")
     result = train_student(cfg, report=report, checkpoint_dir=local, store=store)
-    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "done": 1})
+    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "finished": 1})
 
 
 def run_sweep(sweep: SweepConfig) -> list[dict]:
@@ -158,7 +158,9 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
 
     trials = [{"preset": p, "kd_lambda": lam, "temperature": t, "sample": s}
               for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs, grace_period=1, reduction_factor=2)
+    # max_t is one past the last epoch: ASHA stops a trial as soon as it reaches max_t, and every trial
+    # reports once more after its last epoch (test scores, checkpoint path) before it is really finished.
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs + 1, grace_period=1, reduction_factor=2)
                  if sweep.scheduler == "asha" else FIFOScheduler())
     sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
     tuner = tune.Tuner(
@@ -178,10 +180,10 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
         m = result.metrics or {}
         cfg = _student(sweep, trial, parent_run_id, uri)
         saved = cfg.out_dir / "result.json"
-        full = json.loads(saved.read_text()) if m.get("done") and saved.is_file() else {}
+        full = json.loads(saved.read_text()) if m.get("finished") and saved.is_file() else {}
         rows.append({
             "name": cfg.run_name, "preset": trial["preset"], "kd_lambda": trial["kd_lambda"], "temperature": trial["temperature"],
-            "sample": trial["sample"], "epochs_run": m.get("epoch"), "stopped_early": not m.get("done"),
+            "sample": trial["sample"], "epochs_run": m.get("epoch"), "stopped_early": not m.get("finished"),
             "val_acc": full.get("val_acc", m.get("val_acc")), "test_acc": full.get("test_acc"), "unseen_acc": full.get("unseen_acc"),
             "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
             "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
