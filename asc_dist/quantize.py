@@ -45,17 +45,32 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     if not hasattr(model, "fuse_model"):
         raise ConfigError(f"{type(model).__name__} has no fuse_model(); it cannot be prepared for int8 QAT")
     qat = copy.deepcopy(model).train()
-    qat.fuse_model()
     with _quiet_ao():
+        qat.fuse_model()
         qat.qconfig = tq.get_default_qat_qconfig(QCONFIG_BACKEND)
         tq.prepare_qat(qat, inplace=True)
     return qat
 
 
+def _keep_bn_frozen(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: a frozen BN uses, and never updates, its running statistics, even under .train()."""
+    module.training = False
+
+
 def freeze_observers_and_bn(qat_model: nn.Module) -> nn.Module:
-    """For the last QAT epochs: fix quantisation ranges and BN running statistics (CP-JKU's last 4 epochs)."""
+    """For the last QAT epochs: fix quantisation ranges and BN running statistics (CP-JKU's last 4 epochs).
+
+    `freeze_bn_stats` covers the fused QAT conv-BN modules; BNs that could not be fused into a conv (a BN after
+    a sum, a float-island BN) are pinned to their running statistics by a forward pre-hook that survives
+    `.train()` calls from the training loop.
+    """
     qat_model.apply(tq.disable_observer)
     qat_model.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+    for module in qat_model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            if _keep_bn_frozen not in module._forward_pre_hooks.values():
+                module.register_forward_pre_hook(_keep_bn_frozen)
     return qat_model
 
 
@@ -78,7 +93,11 @@ def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_i
     model = int8_model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks inside F ops, constant here
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated.*")  # TorchScript is the format
         traced = torch.jit.trace(model, example_input.cpu(), check_trace=False)
+        expected, got = model(example_input.cpu()), traced(example_input.cpu())  # cheaper than check_trace
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"traced {type(model).__name__} disagrees with the eager model; not saving {path}")
     with atomic_path(path) as tmp:
         traced.save(str(tmp))
     return Path(path)
@@ -98,17 +117,24 @@ def int8_size_bytes(model: nn.Module | str | os.PathLike) -> int:
 
 
 def latency_per_clip_ms(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time per clip (ms) of `model(example_input)` on CPU, batch time divided by batch size."""
+    """Median wall time per clip (ms) of `model(example_input)` in eval mode: batch time / batch size.
+
+    The input goes to the CPU, so pass a CPU model (int8 models only run there); the model's mode is restored.
+    """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
-    model = model.eval()
+    was_training = model.training
+    model.eval()
     x = example_input.cpu()
     times: list[float] = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                start = time.perf_counter()
+                model(x)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
     times.sort()
     return 1000.0 * times[len(times) // 2] / max(1, x.shape[0])

@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from asc_dist.cli import run_main
 from asc_dist.errors import TrackingError
 
 DEFAULT_PORT = 5000
@@ -49,7 +50,7 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "") else host, port)) == 0
 
 
-def server_command(root: Path, host: str, port: int) -> list[str]:
+def server_command(root: Path, host: str, port: int, allowed_hosts: str | None = None) -> list[str]:
     return [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -58,6 +59,7 @@ def server_command(root: Path, host: str, port: int) -> list[str]:
         "--host", host,
         "--port", str(port),
         "--workers", "1",
+        *(["--allowed-hosts", allowed_hosts] if allowed_hosts else []),
     ]
 
 
@@ -76,13 +78,13 @@ def _log_tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
-def _launch(root: Path, host: str, port: int, timeout_s: float) -> subprocess.Popen:
+def _launch(root: Path, host: str, port: int, timeout_s: float, allowed_hosts: str | None) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the server's own store comes from the flags, not the caller's env
     log_path = root / LOG_NAME
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            server_command(root, host, port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            server_command(root, host, port, allowed_hosts), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, cwd=root, start_new_session=True,  # own process group: stop() kills the server and its workers
         )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
@@ -104,24 +106,25 @@ def _launch(root: Path, host: str, port: int, timeout_s: float) -> subprocess.Po
 
 
 def start(root_dir: str | os.PathLike, port: int | None = None, host: str = "127.0.0.1",
-          timeout_s: float = 90.0) -> tuple[str, subprocess.Popen]:
+          timeout_s: float = 90.0, allowed_hosts: str | None = None) -> tuple[str, subprocess.Popen]:
     """Start a server storing into `root_dir`; return (tracking URL, process) once /health answers.
 
     `port=None` picks a free port (retried if another process takes it first). `host` is the interface to
     bind: loopback by default; `0.0.0.0` on a cluster head so Ray workers reach it by the head's private IP
-    (MLflow's default allowed hosts accept localhost and private addresses).
+    (MLflow's default allowed hosts accept localhost and private addresses; others need `allowed_hosts`,
+    e.g. "mlflow.example.org,203.0.113.7:5000").
     """
     root = Path(root_dir).expanduser().resolve()
     (root / "artifacts").mkdir(parents=True, exist_ok=True)
     if port is not None:
         if port_in_use(host, port):
             raise TrackingError(f"port {port} on {host} is already in use; pick another port or stop what listens there")
-        proc = _launch(root, host, port, timeout_s)
+        proc = _launch(root, host, port, timeout_s, allowed_hosts)
     else:
         for attempt in range(3):
             port = free_port(host if host not in ("0.0.0.0", "") else "127.0.0.1")
             try:
-                proc = _launch(root, host, port, timeout_s)
+                proc = _launch(root, host, port, timeout_s, allowed_hosts)
                 break
             except TrackingError:
                 if attempt == 2 or not port_in_use(host, port):
@@ -158,9 +161,9 @@ def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
             continue
         # the leader is gone; give its children the same grace, then make sure none survives
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _group_alive(pgid):
+        while time.monotonic() < deadline and group_alive(pgid):
             time.sleep(0.1)
-        if _group_alive(pgid):
+        if group_alive(pgid):
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
@@ -168,18 +171,31 @@ def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
         break
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies waiting for a reaper do not count)."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def experiment_url(url: str, experiment_id: str) -> str:
-    return f"{url.rstrip('/')}/#/experiments/{experiment_id}"
+    """The runs table of an experiment (MLflow 3 opens a GenAI overview for the bare experiment URL)."""
+    return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,29 +204,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", nargs="?", default="runs/mlflow", help="folder for mlflow.db and artifacts/ (default runs/mlflow)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 on a cluster head)")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="Host headers to accept besides localhost and private IPs (MLflow's DNS-rebinding guard)")
     args = p.parse_args(argv)
-    try:
-        url, proc = start(args.dir, port=args.port or None, host=args.host)
-    except TrackingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    url, proc = start(args.dir, port=args.port or None, host=args.host, allowed_hosts=args.allowed_hosts)
     root = Path(args.dir).expanduser().resolve()
     where = url if args.host in ("127.0.0.1", "localhost") else f"http://<this host's IP>:{url.rsplit(':', 1)[1]} (bound to {args.host})"
     print(f"MLflow server: {where}  (pid {proc.pid}; runs in {root / 'mlflow.db'}, artifacts in {root / 'artifacts'}, log {root / LOG_NAME})")
-    print("Log a step to it:      python -m asc_dist.tune --run RUN --mlflow-uri " + url)
-    print("Open the sweep:        " + experiment_url(url, "<id>") + "   (id: the number after /experiments/ in the UI's experiment list,")
-    print(f"                       or `python -c \"import mlflow; print(mlflow.MlflowClient('{url}').get_experiment_by_name('sweep').experiment_id)\"`)")
-    print(f"Screenshot:            python ops/screenshot_mlflow.py --url {url} --experiment sweep --out docs/mlflow_sweep.png")
+    print(f"Log to it:   python -m asc_dist.tune --run RUN --mlflow-uri {url}   (same flag for asc_dist.teachers)")
+    print(f"Open a sweep: {url}/#/experiments -> 'sweep' -> Runs, or {experiment_url(url, '<experiment id>')}")
+    print(f"Screenshot:  python ops/screenshot_mlflow.py --url {url} --experiment sweep --out docs/mlflow_sweep.png")
     print("Stop with Ctrl-C.", flush=True)
 
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started in the background, where SIGINT is ignored
     try:
         proc.wait()
-        print(f"error: mlflow server exited with code {proc.returncode}; see {root / LOG_NAME}", file=sys.stderr)
-        return 2
+        raise TrackingError(f"mlflow server exited with code {proc.returncode}; see {root / LOG_NAME}")
     except KeyboardInterrupt:
         return 0
     finally:
@@ -218,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

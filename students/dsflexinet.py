@@ -68,12 +68,15 @@ def fuse_conv_units(model: nn.Module) -> nn.Module:
 
 
 class ResidualNorm(nn.Module):
-    """Residual Normalization, eq. (1)-(2) of seed 000: RN(x) = lambda * x + IN(x).
+    """Residual Normalization, eq. (1)-(2) of seed 000: instance norm mixed with the identity by a trainable
+    lambda, RN(x) = lambda * x + (1 - lambda) * IN(x), lambda clamped to [0, 1].
 
     IN (eq. 1) normalises every channel of every clip by its own mean and variance over frequency and time,
     (x - mu_bc) / sqrt(var_bc + eps) with mu_bc, var_bc taken over (F, T), no affine: it strips per-channel
-    device colouring. The trainable scalar lambda (eq. 2) lets the identity path carry back the information IN
-    removed. Extremes: lambda = 0 is pure instance norm; lambda = 1 adds the input back unchanged, x + IN(x).
+    device colouring. The identity path carries back the information IN removed. Extremes: lambda = 0 is pure
+    instance norm, lambda = 1 the identity. QTI's ResNorm (ref. [16]) writes lambda * x + IN(x); the two differ
+    only by the factor (1 - lambda) on the whole output, which the following convolution absorbs, and the convex
+    form keeps both extremes meaningful.
 
     Int8 QAT: instance statistics have no int8 kernel in eager mode, so RN is a float island: it dequantises its
     input and re-quantises its output with its own stubs (identity ops in the fp32 model), as CP-JKU's GRN does.
@@ -88,7 +91,8 @@ class ResidualNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dequant(x)
-        x = self.lam * x + F.instance_norm(x, eps=self.eps)
+        lam = self.lam.clamp(0.0, 1.0)
+        x = lam * x + (1.0 - lam) * F.instance_norm(x, eps=self.eps)
         return self.quant(x)
 
 

@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from asc_dist.logits import write_targets  # noqa: E402
+
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -89,3 +91,13 @@ def synth_store(synth_root):
     from asc_dist.audio.store import WaveformStore, pack
 
     return WaveformStore(pack(synth_root)[0])
+
+
+def make_targets(run_dir: Path, store, drop: int = 0) -> None:
+    """Targets in the fusion's Parquet schema: a confident-but-noisy teacher (labels one-hot x 4 + noise)."""
+    table = store.table()
+    rng = np.random.default_rng(0)
+    logits = 4.0 * np.eye(len(store.classes), dtype=np.float32)[table.label] + rng.normal(0, 1, (len(table), len(store.classes))).astype(np.float32)
+    keep = np.arange(len(table))[drop:]
+    write_targets(run_dir, table.filename[keep], table.split[keep], table.device[keep], table.label[keep],
+                  logits[keep], logits[keep] * 0.5, store.classes, ["synthetic-teacher"], store.fingerprint)

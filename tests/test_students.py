@@ -11,18 +11,8 @@ import numpy as np
 import pytest
 
 from asc_dist.distill import StudentConfig, train_student
-from asc_dist.logits import write_targets
 from asc_dist.prepare import DataConfig
-
-
-def make_targets(run_dir: Path, store, drop: int = 0) -> None:
-    """Targets in the fusion's Parquet schema: a confident-but-noisy teacher (labels one-hot x 4 + noise)."""
-    table = store.table()
-    rng = np.random.default_rng(0)
-    logits = 4.0 * np.eye(len(store.classes), dtype=np.float32)[table.label] + rng.normal(0, 1, (len(table), len(store.classes))).astype(np.float32)
-    keep = np.arange(len(table))[drop:]
-    write_targets(run_dir, table.filename[keep], table.split[keep], table.device[keep], table.label[keep],
-                  logits[keep], logits[keep] * 0.5, store.classes, ["synthetic-teacher"], store.fingerprint)
+from tests.conftest import make_targets
 
 
 @pytest.fixture(scope="module")

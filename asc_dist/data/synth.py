@@ -316,10 +316,10 @@ def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
 
 # Ranges per severity: seen devices (b, c, s1-s3) are mildly coloured, unseen ones (s4-s6) harsher.
 SEVERITY = {
-    "seen": dict(deviation=(1.5, 3.5), hp=(60, 250), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
+    "seen": dict(deviation=(2.0, 4.0), hp=(40, 120), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
                  gain=4, noise=(-82, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
-    "unseen": dict(deviation=(4.0, 6.5), hp=(80, 300), lp=(5000, 12000), tilt=2.0, n_res=(2, 3), res_db=8, bw=(0.2, 0.6),
-                   gain=5, noise=(-78, -70), thr=(-40, -30), ratio=(1.5, 3.0)),
+    "unseen": dict(deviation=(4.0, 6.0), hp=(150, 300), lp=(6000, 12000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
+                   gain=4, noise=(-76, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
 }  # fmt: skip
 
 

@@ -1,0 +1,208 @@
+"""Benchmark teacher training: two teachers at once under Ray against one after the other, and the training
+throughput of every teacher family; prints one JSON object on stdout (progress on stderr).
+
+(a) Concurrency. `ray.init(num_cpus=2)` once (not timed), then the same two teachers (one family and size,
+seeds 1 and 2, so their work is equal) go through the project's own `run_teachers`: once together, one trial
+per CPU (`cpus_per_teacher=1`, which also sets torch to one thread inside each trial), and once one after the
+other (two `run_teachers` calls with one teacher each, same per-trial resources). Each call's wall time
+includes everything a user waits for: Tune start-up, trial start, training, scoring every clip, writing logits,
+MLflow. The overhead reported is call wall time minus the longest trial's own wall time (what Tune, trial
+start and the driver add), and per trial the time outside training epochs (store opening, scoring, logits,
+MLflow). Goal: speedup >= 1.8 on two cores.
+
+(b) Throughput. Each family and size trains for one short epoch with `asc_dist.train.Trainer` directly (no Ray,
+no augmentation, one torch thread unless `--threads`), after a one-batch warm-up: clips/s and the share of the
+step spent waiting for data. PaSST's full size (86 M parameters, AudioSet weights) is a GPU model and is left
+out; its tiny size is measured.
+
+    OMP_NUM_THREADS=1 python ops/bench_teachers.py [--family cpresnet] [--size tiny] [--epochs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from asc_dist.audio.store import SplitData, WaveformStore  # noqa: E402
+from asc_dist.data.synth import SynthConfig, generate  # noqa: E402
+from asc_dist.features import FRONT_ENDS, LogMel  # noqa: E402
+from asc_dist.prepare import DataConfig, prepare_store  # noqa: E402
+from asc_dist.teachers import TeachersConfig, run_teachers  # noqa: E402
+from asc_dist.train import OptimConfig, Trainer  # noqa: E402
+from teachers.registry import build_teacher  # noqa: E402
+
+log = logging.getLogger("bench_teachers")
+
+# (family, size) measured in part (b); PaSST's full size needs a GPU and AudioSet weights to make sense.
+THROUGHPUT_MODELS = (
+    ("passt", "tiny"), ("cpresnet", "default"), ("mobilenetv2", "default"), ("bcresnet", "default"), ("cnn", "default"),
+    ("cpresnet", "tiny"), ("mobilenetv2", "tiny"), ("bcresnet", "tiny"), ("cnn", "tiny"),
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """`run_teachers` prints its summary table; keep stdout for this bench's JSON alone (fd-level, for Ray too)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def write_roster(path: Path, names: list[str], family: str, size: str, epochs: int, batch_size: int) -> str:
+    """A roster of `names`; bench-t<k> has seed k whichever roster it is in, so both modes train the same teachers."""
+    teachers = [{"name": n, "family": family, "seed": int(n.rsplit("t", 1)[1])} for n in names]
+    doc = {"defaults": {"size": size, "epochs": epochs, "lr": 0.001, "batch_size": batch_size}, "teachers": teachers}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
+def timed_run(cfg: TeachersConfig) -> tuple[float, list[dict]]:
+    start = time.perf_counter()
+    with stdout_to_stderr():
+        rows = run_teachers(cfg)
+    return time.perf_counter() - start, rows
+
+
+def trial_summary(row: dict, train_clips: int) -> dict:
+    """A trial's wall time, split into training epochs and the rest (store, scoring, logits, MLflow)."""
+    train_s = row["epochs_trained"] * train_clips / row["clips_per_s"]
+    return {"teacher": row["teacher"], "wall_s": round(row["wall_s"], 2), "train_s": round(train_s, 2),
+            "outside_training_s": round(row["wall_s"] - train_s, 2), "clips_per_s": round(row["clips_per_s"], 1)}
+
+
+def concurrency(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace) -> dict:
+    import ray
+
+    from asc_dist.cluster import connect
+
+    start = time.perf_counter()
+    connect(None, num_cpus=2, num_gpus=1 if a.device == "cuda" else 0)
+    ray_start_s = time.perf_counter() - start
+    gpus = 0.5 if a.device == "cuda" else 0.0
+    names = ["bench-t1", "bench-t2"]
+    common = dict(data=data, epochs=a.epochs, cpus_per_teacher=1.0, gpus_per_teacher=gpus, experiment="bench", max_failures=0)
+    train_clips = len(store.split("train", data.val_fraction, data.val_seed))
+    try:
+        roster = write_roster(tmp / "both.yaml", names, a.family, a.size, a.epochs, a.batch_size)
+        conc_s, conc_rows = timed_run(TeachersConfig(run_dir=str(tmp / "concurrent"), roster=roster, **common))
+        seq_s, seq_rows = [], []
+        for name in names:
+            roster = write_roster(tmp / f"{name}.yaml", [name], a.family, a.size, a.epochs, a.batch_size)
+            wall, rows = timed_run(TeachersConfig(run_dir=str(tmp / "sequential"), roster=roster, **common))
+            seq_s.append(wall)
+            seq_rows += rows
+    finally:
+        ray.shutdown()
+    conc_trials = [trial_summary(r, train_clips) for r in conc_rows]
+    seq_trials = [trial_summary(r, train_clips) for r in seq_rows]
+    seq_overheads = [wall - t["wall_s"] for wall, t in zip(seq_s, seq_trials)]
+    return {
+        "family": a.family, "size": a.size, "epochs": a.epochs, "batch_size": a.batch_size, "train_clips": train_clips,
+        "cpus_per_teacher": 1, "torch_threads_per_trial": 1, "ray_start_s_excluded": round(ray_start_s, 2),
+        "concurrent_wall_s": round(conc_s, 2), "sequential_wall_s": round(sum(seq_s), 2),
+        "sequential_call_wall_s": [round(s, 2) for s in seq_s],
+        "speedup": round(sum(seq_s) / conc_s, 3),
+        "speedup_trials_only": round(sum(t["wall_s"] for t in seq_trials) / max(t["wall_s"] for t in conc_trials), 3),
+        "concurrent_trials": conc_trials, "sequential_trials": seq_trials,
+        "overhead_per_call_s": {
+            "concurrent": round(conc_s - max(t["wall_s"] for t in conc_trials), 2),
+            "sequential": [round(o, 2) for o in seq_overheads],
+        },
+        "trial_slowdown_when_concurrent": round(
+            sum(t["train_s"] for t in conc_trials) / sum(t["train_s"] for t in seq_trials), 3),
+        "goal_speedup": 1.8,
+    }
+
+
+def subset(data: SplitData, n: int) -> SplitData:
+    n = min(n, len(data))
+    return replace(data, table=data.table.take(slice(0, n)), rows=data.rows[:n])
+
+
+def throughput(store: WaveformStore, models: list[tuple[str, str]], clips: int, batch_size: int, device: str) -> list[dict]:
+    train = store.split("train")
+    out = []
+    for family, size in models:
+        torch.manual_seed(0)
+        model = build_teacher(family, size, n_classes=len(store.classes))
+        front = LogMel(FRONT_ENDS[model.front_end])
+        Trainer(model, front, subset(train, batch_size), None, OptimConfig(epochs=1, batch_size=batch_size), device=device).train_epoch()
+        trainer = Trainer(model, front, subset(train, clips), None, OptimConfig(epochs=1, batch_size=batch_size), device=device)
+        m = trainer.train_epoch()
+        row = {"family": family, "size": size, "params": sum(p.numel() for p in model.parameters()),
+               "clips": int(m["clips_per_s"] * m["epoch_s"] + 0.5), "clips_per_s": round(m["clips_per_s"], 1),
+               "data_wait_share": round(m["data_wait_share"], 4), "epoch_s": round(m["epoch_s"], 2)}
+        log.info("%s", row)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="TAU-layout dataset (default: generate the synthetic one in a temp dir)")
+    p.add_argument("--clips-per-device", type=int, default=100, help="synthetic train clips per seen device")
+    p.add_argument("--family", default="cpresnet", help="teacher family of the concurrency test")
+    p.add_argument("--size", default="tiny", help="teacher size of the concurrency test")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per teacher in the concurrency test")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--models", default=None,
+                   help="family:size list for throughput (default: passt:tiny and every other family's default and tiny)")
+    p.add_argument("--throughput-clips", type=int, default=128, help="clips in each throughput epoch")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the throughput part")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: half a GPU per teacher in part a)")
+    p.add_argument("--skip-concurrency", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    models = [tuple(m.split(":")) for m in a.models.split(",")] if a.models else list(THROUGHPUT_MODELS)
+    if a.quick:
+        a.clips_per_device, a.epochs, a.throughput_clips = 4, 1, 8
+        models = models if a.models else [("cpresnet", "tiny"), ("passt", "tiny")]
+    torch.set_num_threads(a.threads)
+    load_start = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_teachers_"))
+    try:
+        root = Path(a.data) if a.data else tmp / "data"
+        if not a.data:
+            generate(root, SynthConfig(clips_per_device=a.clips_per_device, seed=0))
+        data = DataConfig(root=str(root), store=str(tmp / "store"))
+        store = prepare_store(data, tmp)
+        result = {"clips": len(store.table()), "cpus": os.cpu_count(), "device": a.device}
+        result["throughput"] = throughput(store, models, a.throughput_clips, a.batch_size, a.device)
+        result["throughput_torch_threads"] = torch.get_num_threads()
+        if not a.skip_concurrency:
+            result["concurrency"] = concurrency(tmp, data, store, a)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["load_average_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

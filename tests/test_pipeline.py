@@ -1,0 +1,29 @@
+"""The one-command pipeline end to end on the synthetic dataset; a second invocation runs no step."""
+
+from __future__ import annotations
+
+import json
+
+from asc_dist.pipeline import PipelineConfig, run_pipeline
+from asc_dist.prepare import DataConfig
+
+
+def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_session, tmp_path, synth_root, synth_store):
+    cfg = PipelineConfig(
+        run_dir=str(tmp_path / "run"), profile="demo", data=DataConfig(root=str(synth_root)),
+        overrides={"n_teachers": 2, "teacher_epochs": 1, "presets": ("sm1",), "kd_lambdas": (0.02,), "student_epochs": 1, "qat_epochs": 1},
+    )
+    first = run_pipeline(cfg)
+    assert first["ran"] == ["teachers", "fusion", "sweep", "report"]
+    run = tmp_path / "run"
+    report = (run / "report.md").read_text()
+    for heading in ("## Data", "## Teachers", "## Fusion", "## Sweep", "## Best student per preset"):
+        assert heading in report
+    assert "**fusion**" in report and "dsflexinet-sm1" in report
+    assert (run / "fused" / "targets.parquet").is_file() and (run / "accuracy_vs_macs.png").is_file()
+    trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]
+    assert trials[0]["int8_torchscript"]
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "mlflow" not in p.name}
+    second = run_pipeline(cfg)
+    assert second["ran"] == []
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}  # nothing rewritten
