@@ -160,7 +160,8 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
               for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
     # max_t is one past the last epoch: ASHA stops a trial as soon as it reaches max_t, and every trial
     # reports once more after its last epoch (test scores, checkpoint path) before it is really finished.
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs + 1, grace_period=1, reduction_factor=2)
+    # grace: every trial sees at least half its epochs before ASHA may stop it (tiny presets start slower).
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs + 1, grace_period=max(1, sweep.epochs // 2), reduction_factor=2)
                  if sweep.scheduler == "asha" else FIFOScheduler())
     sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
     tuner = tune.Tuner(
@@ -187,6 +188,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
             "val_acc": full.get("val_acc", m.get("val_acc")), "test_acc": full.get("test_acc"), "unseen_acc": full.get("unseen_acc"),
             "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
             "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
+            "tune_checkpoint": result.checkpoint.path if result.checkpoint else None,
             "mlflow_run_id": full.get("mlflow_run_id"),
         })
     _close_stopped_runs(rows, parent_run_id, uri, sweep.experiment)
@@ -194,20 +196,22 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
 
 
 def _close_stopped_runs(rows: list[dict], parent_run_id: str, uri: str, experiment: str) -> None:
-    """Trials that ASHA stopped never reach their own end: mark their MLflow runs KILLED, tagged as such."""
+    """Trials that ASHA stopped never reach their own end (their run is left RUNNING, or FAILED by the stop
+    signal): mark their MLflow runs KILLED and tag them, so only real failures read FAILED."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
     children = client.search_runs([tracking.experiment_id(experiment, uri)], f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    stopped = {r["name"] for r in rows if r["stopped_early"]}
+    stopped = {r["name"] for r in rows if r["stopped_early"] and not r["error"]}
     for child in children:
-        if child.info.run_name in stopped and child.info.status == "RUNNING":
+        if child.info.run_name in stopped and child.info.status in ("RUNNING", "FAILED"):
             client.set_tag(child.info.run_id, "asc_dist.stopped_early", "true")
             client.set_terminated(child.info.run_id, status="KILLED")
 
 
 def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: str, uri: str) -> None:
-    """QAT-finetune and export the best finished trial of every preset (by validation accuracy)."""
+    """QAT-finetune and export the best trial of every preset (by validation accuracy): a finished one if any,
+    else (every trial of the preset stopped by ASHA) the best stopped one, from its last Tune checkpoint."""
     import torch
 
     from asc_dist.distill import build_student_model
@@ -216,14 +220,20 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
     if sweep.qat_epochs < 1:
         return
     for preset in sweep.presets:
-        done = [r for r in rows if r["preset"] == preset and not r["stopped_early"] and r["checkpoint"]]
-        if not done:
-            log.warning("preset %s: no trial finished, nothing to quantise", preset)
+        candidates = [r for r in rows if r["preset"] == preset and (r["checkpoint"] or r["tune_checkpoint"])]
+        finished = [r for r in candidates if r["checkpoint"]]
+        if not candidates:
+            log.warning("preset %s: no trial left a checkpoint, nothing to quantise", preset)
             continue
-        best = max(done, key=lambda r: r["val_acc"] or 0.0)
+        best = max(finished or candidates, key=lambda r: r["val_acc"] or 0.0)
         cfg = replace(_student(sweep, best, parent_run_id, uri), qat_epochs=sweep.qat_epochs, device="cpu")
         model = build_student_model(cfg, len(store.classes))
-        model.load_state_dict(torch.load(best["checkpoint"], map_location="cpu", weights_only=False)["model"])
+        if best["checkpoint"]:
+            state = torch.load(best["checkpoint"], map_location="cpu", weights_only=False)["model"]
+        else:
+            state = torch.load(Path(best["tune_checkpoint"]) / "state.pt", map_location="cpu", weights_only=False)["trainer"]["model"]
+            log.warning("preset %s: every trial was stopped early; quantising %s from its epoch-%s checkpoint", preset, best["name"], best["epochs_run"])
+        model.load_state_dict(state)
         with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
                           tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id) as mlrun:
             best.update(quantize_student(cfg, store, model, mlrun))

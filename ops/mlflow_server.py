@@ -1,6 +1,6 @@
 """An MLflow tracking server for asc-dist runs: sqlite backend, artifacts proxied into a local folder.
 
-    python ops/mlflow_server.py [DIR] [--port 5000] [--host 127.0.0.1]      (or ops/mlflow_server.sh DIR PORT)
+    python ops/mlflow_server.py [DIR] [--port 5000] [--host 127.0.0.1] [--allowed-hosts H]   (or ops/mlflow_server.sh DIR PORT)
 
 DIR holds `mlflow.db` (runs, params, metrics) and `artifacts/` (plots, JSON, int8 models). Clients log over
 HTTP only (`--mlflow-uri http://HOST:PORT`): with `--serve-artifacts` the server writes every uploaded
@@ -89,15 +89,19 @@ def _launch(root: Path, host: str, port: int, timeout_s: float, allowed_hosts: s
         )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TrackingError(
-                f"mlflow server exited with code {proc.returncode} before answering on port {port}; "
-                f"last lines of {log_path}:\n{_log_tail(log_path)}"
-            )
-        if _healthy(url):
-            return proc
-        time.sleep(0.25)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise TrackingError(
+                    f"mlflow server exited with code {proc.returncode} before answering on port {port}; "
+                    f"last lines of {log_path}:\n{_log_tail(log_path)}"
+                )
+            if _healthy(url):
+                return proc
+            time.sleep(0.25)
+    except BaseException:  # Ctrl-C while waiting, or the error above: leave nothing running
+        stop(proc)
+        raise
     stop(proc)
     raise TrackingError(
         f"mlflow server on {url} did not answer /health within {timeout_s:.0f} s; "
@@ -139,8 +143,13 @@ def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
         return
     try:
         pgid = os.getpgid(process.pid)
-    except ProcessLookupError:
+    except ProcessLookupError:  # the leader is gone; a group still named after it holds only its descendants
         process.poll()
+        if group_alive(process.pid):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return
     if pgid != process.pid:  # not the leader of its own group (not started by start()): signal it alone
         process.terminate()

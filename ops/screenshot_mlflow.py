@@ -55,7 +55,7 @@ def page_url(url: str, experiment_id: str) -> str:
     return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def runs_view(url: str, experiment: str, max_metrics: int = 6, max_params: int = 4) -> dict:
+def runs_view(url: str, experiment: str, max_metrics: int = 5, max_params: int = 3) -> dict:
     """Experiment id, run ids, parent runs and the columns worth showing, read through the tracking API."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -80,6 +80,10 @@ def runs_view(url: str, experiment: str, max_metrics: int = 6, max_params: int =
         "experiment_id": exp.experiment_id, "run_ids": [r.info.run_id for r in runs], "parents": parents,
         "columns": [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in params],
     }
+
+
+class ProtocolError(TrackingError):
+    """Chromium answered, but with an error (e.g. a page context that a navigation just replaced)."""
 
 
 class DevTools:
@@ -130,7 +134,7 @@ class DevTools:
             reply = self._message(deadline)
             if reply.get("id") == self._id:  # everything else is an event we did not ask for
                 if "error" in reply:
-                    raise TrackingError(f"Chromium refused {method}: {reply['error'].get('message')}")
+                    raise ProtocolError(f"Chromium refused {method}: {reply['error'].get('message')}")
                 return reply.get("result", {})
 
     def open_tab(self, width: int, height: int) -> None:
@@ -162,10 +166,15 @@ class DevTools:
 
 
 def _count_rows(tab: DevTools, experiment_id: str, run_ids: list[str]) -> int:
-    """How many of the experiment's runs have a row (a link to the run) in the rendered table."""
-    hrefs = tab.evaluate(
-        f"Array.from(document.querySelectorAll('a[href*=\"/experiments/{experiment_id}/runs/\"]')).map(a => a.getAttribute('href'))"
-    ) or []
+    """How many of the experiment's runs have a row (a link to the run) in the rendered table; the document
+    from before a reload (marked `window.__ascOldPage`) counts as none."""
+    selector = f'a[href*="/experiments/{experiment_id}/runs/"]'
+    try:
+        hrefs = tab.evaluate(
+            f"window.__ascOldPage ? [] : Array.from(document.querySelectorAll({json.dumps(selector)})).map(a => a.getAttribute('href'))"
+        ) or []
+    except ProtocolError:  # evaluated while the page was being replaced
+        return 0
     return sum(any(h.rstrip("/").endswith(run_id) for h in hrefs) for run_id in run_ids)
 
 
@@ -210,8 +219,8 @@ def screenshot_devtools(chromium: str, url: str, view: dict, out: Path, width: i
             if _wait_rows(tab, view, timeout_s, want=1) == 0 and view["run_ids"]:
                 raise TrackingError(f"the MLflow UI at {url} rendered no run rows within {timeout_s:.0f} s")
             if _set_view_state(tab, view):
+                tab.evaluate("window.__ascOldPage = true")  # rows are counted on the reloaded page only
                 tab.call("Page.reload", {"ignoreCache": False})
-                time.sleep(0.5)
             visible = _wait_rows(tab, view, timeout_s, want=len(view["run_ids"]))
             time.sleep(1.0)  # let cells, icons and fonts settle after the last row arrived
             png = base64.b64decode(tab.call("Page.captureScreenshot", {"format": "png"})["data"])

@@ -12,7 +12,6 @@ import soundfile as sf
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
@@ -101,3 +100,6 @@ def make_targets(run_dir: Path, store, drop: int = 0) -> None:
     keep = np.arange(len(table))[drop:]
     write_targets(run_dir, table.filename[keep], table.split[keep], table.device[keep], table.label[keep],
                   logits[keep], logits[keep] * 0.5, store.classes, ["synthetic-teacher"], store.fingerprint)
+
+
+from tests.mlflow_server import mlflow_server, mlflow_server_dir  # noqa: E402,F401  (session fixtures: a real server)

@@ -1,18 +1,18 @@
 """A real MLflow tracking server for tests: sqlite backend, artifacts proxied into a folder, loopback only.
 
 One server per pytest session (it takes 8-20 s to answer on two cores), started through ops/mlflow_server.py
-exactly as a user starts it, and stopped by its process group at the end. Use it from conftest.py or a
-test module:
+exactly as a user starts it, and stopped by its process group at the end. tests/conftest.py imports the
+fixtures, so every test can ask for them:
 
-    from mlflow_server import mlflow_server, mlflow_server_dir  # noqa: F401  (pytest fixtures)
+    from tests.mlflow_server import mlflow_server, mlflow_server_dir  # noqa: F401  (in conftest.py)
 
     def test_sweep_logs(mlflow_server, mlflow_server_dir):
         ...--mlflow-uri mlflow_server...                       # "http://127.0.0.1:<port>"
         client = mlflow.MlflowClient(mlflow_server)          # read runs, list/download artifacts over HTTP
         # uploaded files land under mlflow_server_dir / "artifacts" / <experiment id> / <run id> / "artifacts"
 
-Importing the fixtures into several modules (or into conftest.py and a module) still starts one server:
-the server is shared and reference-counted, and stopped when its last user finishes.
+Importing the fixtures into several modules (or into conftest.py and a module, under either module name)
+still starts one server: it is shared and reference-counted, and stopped when its last user finishes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 _OPS_SCRIPT = Path(__file__).resolve().parents[1] / "ops" / "mlflow_server.py"
-_state: dict = {"users": 0, "url": None, "root": None, "proc": None}
 
 
 def server_module():
@@ -39,21 +38,28 @@ def server_module():
     return sys.modules[name]
 
 
+def _shared() -> dict:
+    """The one server's state, kept on the loaded ops module so that this file imported under two names
+    (`mlflow_server` and `tests.mlflow_server`) still shares one server."""
+    return server_module().__dict__.setdefault("_pytest_server", {"users": 0, "url": None, "root": None, "proc": None})
+
+
 def mlflow_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Generator behind the `mlflow_server` fixture: yields the tracking URL of the shared server."""
     ops = server_module()
-    if _state["users"] == 0:
+    state = _shared()
+    if state["users"] == 0:
         root = tmp_path_factory.mktemp("mlflow_server")
         url, proc = ops.start(root)
-        _state.update(url=url, root=root, proc=proc)
-    _state["users"] += 1
+        state.update(url=url, root=root, proc=proc)
+    state["users"] += 1
     try:
-        yield _state["url"]
+        yield state["url"]
     finally:
-        _state["users"] -= 1
-        if _state["users"] == 0:
-            proc = _state["proc"]
-            _state.update(url=None, root=None, proc=None)
+        state["users"] -= 1
+        if state["users"] == 0:
+            proc = state["proc"]
+            state.update(url=None, root=None, proc=None)
             ops.stop(proc)
             # the whole process group (server and its uvicorn worker) must be gone
             assert not ops.group_alive(proc.pid), f"mlflow server process group {proc.pid} survived stop()"
@@ -68,4 +74,4 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mlflow_server_dir(mlflow_server) -> Path:
     """The server's folder: `mlflow.db`, `artifacts/` (what clients uploaded) and `server.log`."""
-    return _state["root"]
+    return _shared()["root"]

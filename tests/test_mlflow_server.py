@@ -8,9 +8,9 @@ import sys
 import uuid
 
 import pytest
-from mlflow_server import mlflow_server, mlflow_server_dir, server_module  # noqa: F401  (fixtures)
 
 from asc_dist.errors import TrackingError
+from tests.mlflow_server import server_module  # the fixtures mlflow_server, mlflow_server_dir come from conftest.py
 
 
 def _exp_name(prefix: str) -> str:

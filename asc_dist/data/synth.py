@@ -23,6 +23,7 @@ device alone. Default size: 200 train clips per seen device (1200) + 100 evaluat
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -154,17 +155,17 @@ def perturb_style(style: SceneStyle, rng: np.random.Generator, spread: float) ->
     octave = lambda s: 2.0 ** n(s)  # noqa: E731
     return replace(
         style,
-        tilt_db_oct=style.tilt_db_oct + n(0.6),
-        lowpass_hz=style.lowpass_hz * octave(0.3),
-        bed_db=style.bed_db + n(2.0),
-        hum_hz=style.hum_hz * octave(0.15),
-        hum_db=style.hum_db + n(4.0),
-        am_hz=style.am_hz * octave(0.3),
-        am_depth=float(np.clip(style.am_depth + n(0.08), 0.0, 0.9)),
-        rt60_s=float(np.clip(style.rt60_s * octave(0.3), 0.05, 2.5)),
-        wet=float(np.clip(style.wet + n(0.08), 0.0, 0.9)),
-        snr_db=style.snr_db + n(2.5),
-        rates=tuple(r * octave(0.4) for r in style.rates),
+        tilt_db_oct=style.tilt_db_oct + n(0.5),
+        lowpass_hz=style.lowpass_hz * octave(0.25),
+        bed_db=style.bed_db + n(1.7),
+        hum_hz=style.hum_hz * octave(0.12),
+        hum_db=style.hum_db + n(3.5),
+        am_hz=style.am_hz * octave(0.25),
+        am_depth=float(np.clip(style.am_depth + n(0.07), 0.0, 0.9)),
+        rt60_s=float(np.clip(style.rt60_s * octave(0.25), 0.05, 2.5)),
+        wet=float(np.clip(style.wet + n(0.07), 0.0, 0.9)),
+        snr_db=style.snr_db + n(2.0),
+        rates=tuple(r * octave(0.35) for r in style.rates),
     )
 
 
@@ -223,6 +224,7 @@ def _events(kind: str, count: int, sr: int, rng: np.random.Generator) -> np.ndar
     return x / (np.abs(x).max(axis=1, keepdims=True) + 1e-12)
 
 
+@functools.lru_cache(maxsize=64)
 def _fast_len(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n: pocketfft is fast on these, and they waste less than a power of two."""
     return min(m for m in (2**a * 3**b * 5**c for a in range(40) for b in range(4) for c in range(4)) if m >= n)
@@ -442,35 +444,35 @@ class Segment:
 
 
 def plan(cfg: SynthConfig) -> list[Segment]:
-    """Locations per scene (split by location), segments per scene and split, devices per segment."""
+    """Locations per scene (split by location), segments per scene and split, devices per segment.
+
+    Train segments go to the `devices_per_train_segment` seen devices used least so far (ties broken at
+    random), so every seen device gets at least `clips_per_device` train clips and at most one segment more.
+    """
     rng = _rng(cfg.seed, 0)
-    n_loc = cfg.locations_per_scene
+    n_loc, k, parts = cfg.locations_per_scene, cfg.devices_per_train_segment, cfg.parts_per_segment
     n_test_loc = min(n_loc - 2, max(1, round(n_loc * cfg.test_location_fraction)))
-    k = cfg.devices_per_train_segment
-    per_scene = {
-        "train": math.ceil(cfg.clips_per_device * len(SEEN_DEVICES) / (k * cfg.parts_per_segment * len(SCENES))),
-        "test": math.ceil(cfg.n_test_clips / (cfg.parts_per_segment * len(SCENES))),
-    }
+    n_train_seg = math.ceil(math.ceil(cfg.clips_per_device / parts) * len(SEEN_DEVICES) / k)
+    per_scene = {"train": math.ceil(n_train_seg / len(SCENES)), "test": math.ceil(math.ceil(cfg.n_test_clips / parts) / len(SCENES))}
     n_seg = len(SCENES) * sum(per_scene.values())
     loc_ids = rng.choice(np.arange(100, 100 + max(1000, 4 * n_loc * len(SCENES))), n_loc * len(SCENES), replace=False)
     seg_ids = rng.choice(np.arange(1000, 1000 + max(99000, 4 * n_seg)), n_seg, replace=False)
+    used = np.zeros(len(SEEN_DEVICES), dtype=int)
     segments: list[Segment] = []
-    n_train = 0
     for s, scene in enumerate(SCENES):
         cities = np.roll(np.resize(CITIES, n_loc), rng.integers(len(CITIES)))
-        order = rng.permutation(n_loc)
         locs = [
             Location(scene, str(cities[j]), int(loc_ids[s * n_loc + j]), "test" if r < n_test_loc else "train", s * n_loc + j)
-            for r, j in enumerate(order)
+            for r, j in enumerate(rng.permutation(n_loc))
         ]
         for split in ("train", "test"):
             pool = [loc for loc in locs if loc.split == split]
             for j in range(per_scene[split]):
+                devices = DEVICES
                 if split == "train":
-                    devices = tuple(sorted(((n_train + i) % 6 for i in range(k))))
-                    devices, n_train = tuple(SEEN_DEVICES[d] for d in devices), n_train + 1
-                else:
-                    devices = DEVICES
+                    chosen = np.sort(np.lexsort((rng.random(len(used)), used))[:k])
+                    used[chosen] += 1
+                    devices = tuple(SEEN_DEVICES[d] for d in chosen)
                 segments.append(Segment(pool[j % len(pool)], int(seg_ids[len(segments)]), devices, len(segments)))
     return segments
 

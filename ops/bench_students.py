@@ -1,0 +1,302 @@
+"""Benchmark the students: KD training throughput and data-wait share, fp32 against int8 latency per clip,
+int8 size; prints one JSON object on stdout with one entry per preset (progress on stderr).
+
+Per preset, through the project's own code:
+- training: `asc_dist.distill.make_trainer` (the student recipe's augmentations and the KD loss against
+  fused targets written for the synthetic store) for one epoch after a one-batch warm-up: `clips_per_s` and
+  `data_wait_share` (share of the epoch the step waited for the next batch; goal <= 5 %). The log-mel front end
+  alone is timed once (`front_end_clips_per_s`), so its share of a student's step is visible.
+- latency: `asc_dist.quantize.latency_per_clip_ms` on one real 1x1x256x64 log-mel, batch 1, one thread, of the
+  fp32 model in eval mode and of its int8 conversion (`prepare_qat`, forward passes in train mode on real
+  log-mels for the observers, `convert_int8`). fp32 and int8 are timed in alternating rounds; the ratio is the
+  median of the per-round ratios (goal <= 0.5). The same is measured in thread CPU time, which a shared machine
+  disturbs less than wall time.
+- why: `int8_by_engine` converts again with each quantised engine (torch's default "x86" picks oneDNN or
+  fbgemm per conv layer; "onednn" and "fbgemm" force one), and `int8_profile` lists the slowest modules and ops
+  of the int8 model (torch.profiler, module labels from forward hooks) beside the fp32 time of the same module.
+- size: `int8_size_bytes` (serialised int8 state dict) and the DCASE parameter memory (`complexity.measure`).
+
+    OMP_NUM_THREADS=1 python ops/bench_students.py [--presets sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from asc_dist.audio.store import WaveformStore
+from asc_dist.batches import BatchLoader
+from asc_dist.complexity import measure
+from asc_dist.data.synth import SynthConfig, generate
+from asc_dist.distill import StudentConfig, build_student_model, make_trainer
+from asc_dist.features import STUDENT_MEL, LogMel
+from asc_dist.logits import write_targets
+from asc_dist.prepare import DataConfig, prepare_store
+from asc_dist.quantize import convert_int8, int8_size_bytes, latency_per_clip_ms, prepare_qat
+
+log = logging.getLogger("bench_students")
+DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
+
+
+def parse_preset(spec: str) -> tuple[str, str]:
+    """`sm2` (DS-FlexiNet) or `MODEL:PRESET`."""
+    model, _, preset = spec.partition(":")
+    return ("dsflexinet", model) if not preset else (model, preset)
+
+
+def write_fake_targets(run_dir: Path, store: WaveformStore) -> None:
+    """Fused targets in the real schema: a confident but noisy teacher (one-hot x 4 + noise), so KD runs as in use."""
+    table = store.table()
+    rng = np.random.default_rng(0)
+    logits = 4.0 * np.eye(len(store.classes), dtype=np.float32)[table.label]
+    logits += rng.normal(0, 1, logits.shape).astype(np.float32)
+    write_targets(run_dir, table.filename, table.split, table.device, table.label, logits, logits, store.classes,
+                  ["bench-teacher"], store.fingerprint)
+
+
+def real_mels(store: WaveformStore, n: int) -> torch.Tensor:
+    """Log-mels [n, 1, 256, 64] of the first `n` training clips (eval-mode front end)."""
+    batch = next(iter(BatchLoader(store.split("train"), n, shuffle=False)))
+    with torch.no_grad():
+        return LogMel(STUDENT_MEL).eval()(torch.from_numpy(batch.waves))
+
+
+def front_end_rate(store: WaveformStore, batch_size: int, device: torch.device, repeats: int) -> float:
+    """Clips/s of the student log-mel alone (train mode, as in a training step), after one warm-up batch."""
+    train = store.split("train")
+    waves = torch.from_numpy(train.waves(np.arange(min(batch_size, len(train))))).to(device)
+    front = LogMel(STUDENT_MEL).to(device).train()
+    with torch.no_grad():
+        front(waves)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            front(waves)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return repeats * len(waves) / (time.perf_counter() - start)
+
+
+def cpu_ms_per_clip(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
+    """Median thread CPU time per forward (ms): what wall time would be on an idle core."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.thread_time()
+            model(x)
+            if i >= warmup:
+                times.append(time.thread_time() - start)
+    return 1000.0 * statistics.median(times) / x.shape[0]
+
+
+def calibrated_int8(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+    qat = prepare_qat(model)
+    with torch.no_grad():
+        for chunk in calib.split(16):
+            qat(chunk)
+    return convert_int8(qat)
+
+
+@contextlib.contextmanager
+def quantized_engine(name: str) -> Iterator[None]:
+    saved = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = saved
+
+
+def _labelled(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Leaf modules, and float islands (a module that dequantises its own input, e.g. Residual Normalization)
+    as one unit instead of their stubs."""
+    islands = [n for n, m in model.named_modules() if n and any("DeQuant" in type(c).__name__ for c in m.children())]
+    out = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        inside = any(name.startswith(i + ".") for i in islands)
+        if name in islands or (not inside and next(module.children(), None) is None):
+            out.append((name, module))
+    return out
+
+
+def module_profile(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict[str, tuple[str, float]], list[dict], float]:
+    """Per labelled module (name -> (type, inclusive ms per forward)), top ops by self time, and total ms."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    handles = []
+
+    def pre(module, _inputs):
+        module._bench_rf = record_function(f"mod:{module._bench_name}")
+        module._bench_rf.__enter__()
+
+    def post(module, _inputs, _output):
+        module._bench_rf.__exit__(None, None, None)
+
+    types = {}
+    for name, module in _labelled(model):
+        module._bench_name = name
+        types[name] = type(module).__name__
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.thread_time()
+                for _ in range(repeats):
+                    model(x)
+                total_ms = 1000 * (time.thread_time() - start) / repeats
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    modules = {e.key[4:]: (types[e.key[4:]], e.cpu_time_total / 1000 / repeats) for e in events if e.key.startswith("mod:")}
+    ops = sorted((e for e in events if not e.key.startswith("mod:")), key=lambda e: -e.self_cpu_time_total)[:5]
+    top_ops = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1000 / repeats, 3), "calls": e.count // repeats} for e in ops]
+    return modules, top_ops, total_ms
+
+
+def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int, top: int = 6) -> dict:
+    q_mods, q_ops, q_total = module_profile(int8, x, repeats)
+    f_mods, _, f_total = module_profile(fp32, x, repeats)
+    rows = sorted(q_mods.items(), key=lambda kv: -kv[1][1])[:top]
+    by_type: dict[str, float] = {}
+    for kind, ms in q_mods.values():
+        by_type[kind] = by_type.get(kind, 0.0) + ms
+    return {
+        "profiled_int8_ms": round(q_total, 3), "profiled_fp32_ms": round(f_total, 3),
+        "top_int8_modules": [
+            {"module": name, "type": kind, "int8_ms": round(ms, 3),
+             "fp32_ms": round(f_mods[name][1], 3) if name in f_mods else None}
+            for name, (kind, ms) in rows
+        ],
+        "int8_ms_by_module_type": {k: round(v, 3) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:6]},
+        "top_int8_ops": q_ops,
+    }
+
+
+def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfig, a: argparse.Namespace, calib: torch.Tensor) -> dict:
+    model_name, preset = parse_preset(spec)
+    cfg = StudentConfig(run_dir=str(run_dir), data=data, model=model_name, preset=preset, norm=a.norm, targets="fused",
+                        epochs=1, batch_size=a.batch_size, device=a.device, threads=a.threads)
+    cfg.validate()
+    torch.manual_seed(0)
+    model = build_student_model(cfg, len(store.classes))
+    cx = measure(model)
+    trainer = make_trainer(cfg, store, model, epochs=1, lr=cfg.lr)
+    # The first `train_clips` of the split: positions stay those of the full split, which the KD loss indexes by.
+    train = trainer.train_data
+    n = min(a.train_clips, len(train))
+    trainer.train_data = replace(train, table=train.table.take(slice(0, n)), rows=train.rows[:n])
+    trainer.loader = BatchLoader(trainer.train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=n > cfg.batch_size)
+    warm = torch.from_numpy(trainer.train_data.waves(np.arange(min(a.batch_size, n)))).to(trainer.device)
+    trainer.model.train()
+    trainer.model(trainer.front_end(warm)).sum().backward()  # first-step set-up (kernels, allocator) not timed
+    trainer.optimizer.zero_grad(set_to_none=True)
+    m = trainer.train_epoch()
+    log.info("%s: %.1f clips/s, data wait %.1f %%", spec, m["clips_per_s"], 100 * m["data_wait_share"])
+
+    fp32 = copy.deepcopy(trainer.model).cpu().eval()
+    x = calib[:1]
+    int8 = calibrated_int8(fp32, calib)
+    wall_f, wall_q, cpu_f, cpu_q = [], [], [], []
+    for _ in range(a.latency_rounds):  # alternating, so load changes hit both
+        wall_f.append(latency_per_clip_ms(fp32, x, repeats=a.latency_repeats))
+        wall_q.append(latency_per_clip_ms(int8, x, repeats=a.latency_repeats))
+        cpu_f.append(cpu_ms_per_clip(fp32, x, a.latency_repeats))
+        cpu_q.append(cpu_ms_per_clip(int8, x, a.latency_repeats))
+    by_engine = {}
+    for engine in ("onednn", "fbgemm"):
+        if engine in torch.backends.quantized.supported_engines:
+            with quantized_engine(engine):
+                q = calibrated_int8(fp32, calib)
+                by_engine[engine] = {"int8_cpu_ms": round(cpu_ms_per_clip(q, x, a.latency_repeats), 3)}
+    by_engine[torch.backends.quantized.engine] = {"int8_cpu_ms": round(statistics.median(cpu_q), 3)}
+    row = {
+        "preset": spec, "model": model_name, "norm": a.norm if model_name == "dsflexinet" else "bn",
+        "params": cx.params, "macs": cx.macs, "dcase_int8_param_bytes": cx.int8_bytes,
+        "int8_state_dict_bytes": int8_size_bytes(int8),
+        "train_clips": int(round(m["clips_per_s"] * m["epoch_s"])), "clips_per_s": round(m["clips_per_s"], 1),
+        "data_wait_share": round(m["data_wait_share"], 4), "epoch_s": round(m["epoch_s"], 2),
+        "fp32_latency_ms": round(statistics.median(wall_f), 3), "int8_latency_ms": round(statistics.median(wall_q), 3),
+        "ratio_int8_vs_fp32": round(statistics.median(q / f for q, f in zip(wall_q, wall_f)), 3),
+        "fp32_cpu_ms": round(statistics.median(cpu_f), 3), "int8_cpu_ms": round(statistics.median(cpu_q), 3),
+        "ratio_int8_vs_fp32_cpu": round(statistics.median(q / f for q, f in zip(cpu_q, cpu_f)), 3),
+        "int8_by_engine": by_engine,
+    }
+    if not a.no_profile:
+        row["int8_profile"] = int8_profile(fp32, int8, x, a.profile_repeats)
+    log.info("%s: fp32 %.2f ms, int8 %.2f ms (ratio %.2f; cpu ratio %.2f)", spec, row["fp32_latency_ms"],
+             row["int8_latency_ms"], row["ratio_int8_vs_fp32"], row["ratio_int8_vs_fp32_cpu"])
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="TAU-layout dataset (default: generate the synthetic one in a temp dir)")
+    p.add_argument("--clips-per-device", type=int, default=100, help="synthetic train clips per seen device")
+    p.add_argument("--presets", default=DEFAULT_PRESETS, help="comma list: sm1..sm4 (DS-FlexiNet) or MODEL:PRESET")
+    p.add_argument("--norm", default="rn", help="DS-FlexiNet normalisation: rn or bn")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--train-clips", type=int, default=256, help="clips in the timed training epoch (a prefix of the split)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (latency is always measured at this count)")
+    p.add_argument("--device", default="cpu", help="training device: cpu or cuda (latency is always CPU)")
+    p.add_argument("--latency-repeats", type=int, default=30)
+    p.add_argument("--latency-rounds", type=int, default=5)
+    p.add_argument("--profile-repeats", type=int, default=20)
+    p.add_argument("--no-profile", action="store_true", help="skip the per-module int8 profile")
+    p.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
+    if a.quick:
+        a.clips_per_device, a.train_clips, a.batch_size = 4, 32, 16
+        a.latency_repeats, a.latency_rounds, a.profile_repeats = 3, 1, 2
+        a.presets = a.presets if a.presets != DEFAULT_PRESETS else "sm1"
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    load_start = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_students_"))
+    try:
+        root = Path(a.data) if a.data else tmp / "data"
+        if not a.data:
+            generate(root, SynthConfig(clips_per_device=a.clips_per_device, seed=0))
+        data = DataConfig(root=str(root), store=str(tmp / "store"))
+        store = prepare_store(data, tmp)
+        write_fake_targets(tmp, store)
+        calib = real_mels(store, 32)
+        front_rate = front_end_rate(store, a.batch_size, device, repeats=3)
+        rows = [bench_preset(spec, store, tmp, data, a, calib) for spec in a.presets.split(",")]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps({
+        "train_clips_available": len(store.split("train")), "batch_size": a.batch_size, "device": str(device),
+        "torch_threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine,
+        "cpus": os.cpu_count(), "front_end_clips_per_s": round(front_rate, 1),
+        "goals": {"data_wait_share": 0.05, "ratio_int8_vs_fp32": 0.5},
+        "presets": rows,
+        "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

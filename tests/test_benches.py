@@ -1,0 +1,75 @@
+"""Smoke tests of the benchmarks in ops/: each runs as a user would run it (a subprocess, smallest `--quick`
+settings, on the session's synthetic dataset) and must print one JSON object with the documented keys.
+Timings are never asserted, only that they are measured (positive numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str, timeout: float = 300) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "ops" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"{script} did not print one JSON object on stdout:\n{proc.stdout[-2000:]}")
+
+
+def positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def test_bench_data(synth_root):
+    out = run_bench("bench_data.py", "--quick", "--data", str(synth_root))
+    assert isinstance(out["clips"], int) and out["clips"] > out["train_clips"] > 0
+    assert positive(out["pack_clips_per_s"], out["store_epoch_clips_per_s"], out["decode_epoch_clips_per_s"],
+                    out["ratio_store_vs_decode"])
+    assert len(out["store_epoch_s"]) == len(out["decode_epoch_s"]) == out["epochs"] == 1
+    assert out["torch_threads"] == 1
+
+
+def test_bench_teachers_throughput(synth_root):
+    out = run_bench("bench_teachers.py", "--quick", "--skip-concurrency", "--data", str(synth_root))
+    assert "concurrency" not in out
+    assert {(r["family"], r["size"]) for r in out["throughput"]} == {("cpresnet", "tiny"), ("passt", "tiny")}
+    for row in out["throughput"]:
+        assert positive(row["params"], row["clips_per_s"], row["epoch_s"])
+        assert 0 <= row["data_wait_share"] < 1
+    assert out["throughput_torch_threads"] == 1
+
+
+@pytest.mark.slow
+def test_bench_teachers_concurrency(synth_root):
+    """Starts its own Ray and runs `run_teachers` three times: about two minutes on two busy cores."""
+    out = run_bench("bench_teachers.py", "--quick", "--models", "cnn:tiny", "--data", str(synth_root), timeout=600)
+    c = out["concurrency"]
+    assert positive(c["concurrent_wall_s"], c["sequential_wall_s"], c["speedup"], c["ray_start_s_excluded"])
+    assert [t["teacher"] for t in c["concurrent_trials"]] == [t["teacher"] for t in c["sequential_trials"]] == ["bench-t1", "bench-t2"]
+    assert len(c["sequential_call_wall_s"]) == 2 and c["torch_threads_per_trial"] == 1
+    assert isinstance(c["overhead_per_call_s"]["concurrent"], float)
+
+
+def test_bench_students(synth_root):
+    out = run_bench("bench_students.py", "--quick", "--data", str(synth_root))
+    assert out["torch_threads"] == 1 and positive(out["front_end_clips_per_s"])
+    (row,) = out["presets"]
+    assert row["preset"] == "sm1" and row["model"] == "dsflexinet"
+    assert positive(row["clips_per_s"], row["fp32_latency_ms"], row["int8_latency_ms"], row["ratio_int8_vs_fp32"],
+                    row["fp32_cpu_ms"], row["int8_cpu_ms"], row["int8_state_dict_bytes"])
+    assert 0 <= row["data_wait_share"] < 1
+    assert row["dcase_int8_param_bytes"] == row["params"] and isinstance(row["params"], int)
+    assert out["quantized_engine"] in row["int8_by_engine"]
+    profile = row["int8_profile"]
+    assert profile["top_int8_modules"] and all(positive(m["int8_ms"]) for m in profile["top_int8_modules"])
+    assert profile["top_int8_ops"][0]["op"]
