@@ -77,10 +77,9 @@ class LogMel(nn.Module):
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         if waves.dim() == 3:
             waves = waves.squeeze(1)
-        x = torch.nn.functional.conv1d(waves.float().unsqueeze(1), self.preemphasis).squeeze(1)
-        device_type = x.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
-            power = self.spectrogram(x.float())  # [B, n_fft/2+1, frames]
+        with torch.autocast(device_type=waves.device.type, enabled=False):  # the whole front end in fp32
+            x = torch.nn.functional.conv1d(waves.float().unsqueeze(1), self.preemphasis).squeeze(1)
+            power = self.spectrogram(x)  # [B, n_fft/2+1, frames]
             if self.training and self.cfg.fmax_aug_range > 1:
                 jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
                 banks = self._banks(self.cfg.fmax + jitter).to(power.device)

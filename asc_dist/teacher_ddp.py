@@ -20,9 +20,25 @@ from asc_dist.roster import TeacherConfig
 from asc_dist.teacher_trial import TeacherRunContext, build_model, finish_teacher, make_trainer, open_mlflow_run
 
 
+COORDINATOR_CPU = 0.01  # the trial itself only coordinates (zero is rejected, so a sliver)
+
+
 def ddp_resources(workers: int, cpus: float, gpus: float) -> dict:
-    """The trial itself only coordinates (zero is rejected, so a sliver); workers ask for the real resources."""
-    return {"cpu": 0.01}
+    """The trial's own share; its W workers ask Ray for `cpus` (and one GPU) each when they start."""
+    return {"cpu": COORDINATOR_CPU}
+
+
+def check_fits(workers: int, cpus: float, gpus: float, cluster: dict) -> None:
+    """A worker group that can never be placed would wait forever: refuse it up front."""
+    from asc_dist.errors import ClusterError
+
+    need_cpu, have_cpu = workers * cpus + COORDINATOR_CPU, cluster.get("CPU", 0)
+    if need_cpu > have_cpu or (gpus > 0 and workers > cluster.get("GPU", 0)):
+        raise ClusterError(
+            f"--workers-per-teacher {workers} needs {need_cpu:g} CPU{f' and {workers} GPU' if gpus > 0 else ''} for one teacher "
+            f"(workers x --cpus-per-teacher + {COORDINATOR_CPU} for the trial), but the cluster has {have_cpu:g} CPU"
+            f" and {cluster.get('GPU', 0):g} GPU; lower --cpus-per-teacher (e.g. {max(0.1, (have_cpu - COORDINATOR_CPU) / workers):.2f}) or the worker count"
+        )
 
 
 def _worker_loop(config: dict) -> None:
@@ -73,7 +89,7 @@ def ddp_trainable(config: dict) -> None:
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config={**config, "mlflow_run_id": mlrun.run_id},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": max(1, ctx.threads), **({"GPU": 1} if use_gpu else {})}),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
             run_config=RunConfig(
                 name=f"ddp-{t.name}", storage_path=str(Path(ctx.run_dir) / "ray_results" / "ddp"),
                 failure_config=FailureConfig(max_failures=2), callbacks=[TuneReportCallback()],

@@ -43,6 +43,7 @@ class TeacherRunContext:
     device: str = "auto"
     threads: int = 1
     fail_once: str | None = None  # test-only switch: this teacher's trial fails once after epoch 1
+    cpus_per_worker: float = 1.0  # data-parallel workers (--workers-per-teacher > 1)
 
 
 def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:

@@ -118,7 +118,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
             val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
             dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
-            fail_once=cfg.fail_once,
+            fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher,
         )
         results = _tune(todo, ctx, cfg, run_dir)
     rows = _manifest(run_dir, roster, results, store.fingerprint)
@@ -136,10 +136,11 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
     from asc_dist.progress import EpochProgress
     from asc_dist.teacher_trial import context_dict, tune_trainable
 
-    connect(cfg.address)
+    cluster = connect(cfg.address)
     if cfg.workers_per_teacher > 1:
-        from asc_dist.teacher_ddp import ddp_trainable, ddp_resources
+        from asc_dist.teacher_ddp import check_fits, ddp_resources, ddp_trainable
 
+        check_fits(cfg.workers_per_teacher, cfg.cpus_per_teacher, cfg.gpus_per_teacher, cluster)
         trainable = tune.with_resources(ddp_trainable, ddp_resources(cfg.workers_per_teacher, cfg.cpus_per_teacher, cfg.gpus_per_teacher))
     else:
         trainable = tune.with_resources(tune_trainable, {"cpu": cfg.cpus_per_teacher, "gpu": cfg.gpus_per_teacher})

@@ -48,13 +48,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def configure(uri: str) -> None:
-    """Point this process (and Ray workers started after it) at `uri`; create a sqlite file's folder."""
-    import mlflow
-
+    """Create a sqlite file's folder. Every call site passes `uri` explicitly (trials get it in their config),
+    so nothing global is set: a library user's MLFLOW_TRACKING_URI stays theirs."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
 
 
 def experiment_id(name: str, uri: str) -> str:
@@ -62,13 +59,14 @@ def experiment_id(name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     configure(uri)
-    exp = mlflow.get_experiment_by_name(name)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return mlflow.create_experiment(name)
+        return client.create_experiment(name)
     except MlflowException:  # created concurrently by another trial
-        return mlflow.get_experiment_by_name(name).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -10,10 +10,12 @@ Per preset, through the project's own code:
   fp32 model in eval mode and of its int8 conversion (`prepare_qat`, forward passes in train mode on real
   log-mels for the observers, `convert_int8`). fp32 and int8 are timed in alternating rounds; the ratio is the
   median of the per-round ratios (goal <= 0.5). The same is measured in thread CPU time, which a shared machine
-  disturbs less than wall time.
+  disturbs less than wall time, and for the TorchScript files `export_torchscript` writes (the shipped artefact,
+  reloaded with `torch.jit.load`; fp32 traced the same way), where eager mode's per-module Python cost is gone.
 - why: `int8_by_engine` converts again with each quantised engine (torch's default "x86" picks oneDNN or
   fbgemm per conv layer; "onednn" and "fbgemm" force one), and `int8_profile` lists the slowest modules and ops
-  of the int8 model (torch.profiler, module labels from forward hooks) beside the fp32 time of the same module.
+  of the int8 model (torch.profiler, module labels from forward hooks) beside the fp32 time of the same module;
+  for DS-FlexiNet with Residual Normalization, `rn_float_island` times the same preset with BN in RN's place.
 - size: `int8_size_bytes` (serialised int8 state dict) and the DCASE parameter memory (`complexity.measure`).
 
     OMP_NUM_THREADS=1 python ops/bench_students.py [--presets sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default] [--quick]
@@ -49,7 +51,7 @@ from asc_dist.distill import StudentConfig, build_student_model, make_trainer
 from asc_dist.features import STUDENT_MEL, LogMel
 from asc_dist.logits import write_targets
 from asc_dist.prepare import DataConfig, prepare_store
-from asc_dist.quantize import convert_int8, int8_size_bytes, latency_per_clip_ms, prepare_qat
+from asc_dist.quantize import convert_int8, export_torchscript, int8_size_bytes, latency_per_clip_ms, prepare_qat
 
 log = logging.getLogger("bench_students")
 DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
@@ -132,7 +134,8 @@ def _labelled(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if not name:
             continue
         inside = any(name.startswith(i + ".") for i in islands)
-        if name in islands or (not inside and next(module.children(), None) is None):
+        leaf = next(module.children(), None) is None and not isinstance(module, nn.Identity)  # fused-away ReLUs
+        if name in islands or (not inside and leaf):
             out.append((name, module))
     return out
 
@@ -161,10 +164,10 @@ def module_profile(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dic
             for _ in range(3):
                 model(x)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                start = time.thread_time()
+                start = time.perf_counter()
                 for _ in range(repeats):
                     model(x)
-                total_ms = 1000 * (time.thread_time() - start) / repeats
+                total_ms = 1000 * (time.perf_counter() - start) / repeats  # wall, as the profiler's times
     finally:
         for h in handles:
             h.remove()
@@ -183,7 +186,7 @@ def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int
     for kind, ms in q_mods.values():
         by_type[kind] = by_type.get(kind, 0.0) + ms
     return {
-        "profiled_int8_ms": round(q_total, 3), "profiled_fp32_ms": round(f_total, 3),
+        "profiled_int8_wall_ms": round(q_total, 3), "profiled_fp32_wall_ms": round(f_total, 3),
         "top_int8_modules": [
             {"module": name, "type": kind, "int8_ms": round(ms, 3),
              "fp32_ms": round(f_mods[name][1], 3) if name in f_mods else None}
@@ -192,6 +195,22 @@ def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int
         "int8_ms_by_module_type": {k: round(v, 3) for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])[:6]},
         "top_int8_ops": q_ops,
     }
+
+
+def rn_cost(int8_rn: nn.Module, preset: str, n_classes: int, calib: torch.Tensor, a: argparse.Namespace) -> dict:
+    """What Residual Normalization's float island (dequantise, instance norm, requantise) costs in int8: the same
+    preset with BN at the stage entries (an int8 kernel) is converted and timed in alternating rounds."""
+    from students.registry import build_student
+
+    torch.manual_seed(0)
+    int8_bn = calibrated_int8(build_student("dsflexinet", preset, n_classes=n_classes, norm="bn").eval(), calib)
+    x = calib[:1]
+    rn, bn = [], []
+    for _ in range(a.latency_rounds):
+        rn.append(cpu_ms_per_clip(int8_rn, x, a.latency_repeats))
+        bn.append(cpu_ms_per_clip(int8_bn, x, a.latency_repeats))
+    rn_ms, bn_ms = statistics.median(rn), statistics.median(bn)
+    return {"int8_cpu_ms_rn": round(rn_ms, 3), "int8_cpu_ms_bn": round(bn_ms, 3), "rn_share_of_int8": round((rn_ms - bn_ms) / rn_ms, 3)}
 
 
 def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfig, a: argparse.Namespace, calib: torch.Tensor) -> dict:
@@ -218,12 +237,21 @@ def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfi
     fp32 = copy.deepcopy(trainer.model).cpu().eval()
     x = calib[:1]
     int8 = calibrated_int8(fp32, calib)
-    wall_f, wall_q, cpu_f, cpu_q = [], [], [], []
-    for _ in range(a.latency_rounds):  # alternating, so load changes hit both
-        wall_f.append(latency_per_clip_ms(fp32, x, repeats=a.latency_repeats))
-        wall_q.append(latency_per_clip_ms(int8, x, repeats=a.latency_repeats))
-        cpu_f.append(cpu_ms_per_clip(fp32, x, a.latency_repeats))
-        cpu_q.append(cpu_ms_per_clip(int8, x, a.latency_repeats))
+    # The shipped artefact is the TorchScript export; fp32 goes through the same trace for a like-for-like pair.
+    fp32_ts = torch.jit.load(str(export_torchscript(fp32, run_dir / f"{spec.replace(':', '-')}-fp32.pt", x)))
+    int8_ts = torch.jit.load(str(export_torchscript(int8, run_dir / f"{spec.replace(':', '-')}-int8.pt", x)))
+    variants = {"fp32": fp32, "int8": int8, "fp32_torchscript": fp32_ts, "int8_torchscript": int8_ts}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.latency_rounds):  # alternating, so load changes hit every variant
+        for k, model_k in variants.items():
+            wall[k].append(latency_per_clip_ms(model_k, x, repeats=a.latency_repeats))
+            cpu[k].append(cpu_ms_per_clip(model_k, x, a.latency_repeats))
+
+    def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+        return round(statistics.median(q / f for q, f in zip(times[num], times[den])), 3)
+
+    cpu_q = cpu["int8"]
     by_engine = {}
     for engine in ("onednn", "fbgemm"):
         if engine in torch.backends.quantized.supported_engines:
@@ -237,12 +265,22 @@ def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfi
         "int8_state_dict_bytes": int8_size_bytes(int8),
         "train_clips": int(round(m["clips_per_s"] * m["epoch_s"])), "clips_per_s": round(m["clips_per_s"], 1),
         "data_wait_share": round(m["data_wait_share"], 4), "epoch_s": round(m["epoch_s"], 2),
-        "fp32_latency_ms": round(statistics.median(wall_f), 3), "int8_latency_ms": round(statistics.median(wall_q), 3),
-        "ratio_int8_vs_fp32": round(statistics.median(q / f for q, f in zip(wall_q, wall_f)), 3),
-        "fp32_cpu_ms": round(statistics.median(cpu_f), 3), "int8_cpu_ms": round(statistics.median(cpu_q), 3),
-        "ratio_int8_vs_fp32_cpu": round(statistics.median(q / f for q, f in zip(cpu_q, cpu_f)), 3),
+        "fp32_latency_ms": round(statistics.median(wall["fp32"]), 3), "int8_latency_ms": round(statistics.median(wall["int8"]), 3),
+        "ratio_int8_vs_fp32": ratio(wall, "int8", "fp32"),
+        "fp32_cpu_ms": round(statistics.median(cpu["fp32"]), 3), "int8_cpu_ms": round(statistics.median(cpu["int8"]), 3),
+        "ratio_int8_vs_fp32_cpu": ratio(cpu, "int8", "fp32"),
+        "torchscript": {
+            "fp32_latency_ms": round(statistics.median(wall["fp32_torchscript"]), 3),
+            "int8_latency_ms": round(statistics.median(wall["int8_torchscript"]), 3),
+            "ratio_int8_vs_fp32": ratio(wall, "int8_torchscript", "fp32_torchscript"),
+            "ratio_int8_vs_fp32_eager": ratio(wall, "int8_torchscript", "fp32"),
+            "ratio_int8_vs_fp32_cpu": ratio(cpu, "int8_torchscript", "fp32_torchscript"),
+            "int8_file_bytes": int8_size_bytes(run_dir / f"{spec.replace(':', '-')}-int8.pt"),
+        },
         "int8_by_engine": by_engine,
     }
+    if model_name == "dsflexinet" and a.norm == "rn":
+        row["rn_float_island"] = rn_cost(int8, preset, len(store.classes), calib, a)
     if not a.no_profile:
         row["int8_profile"] = int8_profile(fp32, int8, x, a.profile_repeats)
     log.info("%s: fp32 %.2f ms, int8 %.2f ms (ratio %.2f; cpu ratio %.2f)", spec, row["fp32_latency_ms"],

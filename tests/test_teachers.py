@@ -157,3 +157,28 @@ def test_teachers_run_on_both_nodes_of_a_two_node_cluster(tmp_path, synth_root, 
     line = next(l for l in proc.stdout.splitlines() if l.startswith("NODES"))
     _, alive, nodes = line.split(" ", 2)
     assert int(alive) == 2 and len(json.loads(nodes)) == 2, line  # one teacher per node: each node has one CPU
+
+
+def test_data_parallel_teacher_trains_over_two_workers(ray_session, tmp_path, synth_root, synth_store, roster):
+    """--workers-per-teacher 2: a Ray Train TorchTrainer (DDP, gloo) inside the teacher's Tune trial."""
+    run = tmp_path / "run"
+    cfg = TeachersConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), roster=str(roster), n=1, epochs=1,
+                         workers_per_teacher=2, cpus_per_teacher=0.99)
+    rows = run_teachers(cfg)
+    assert [r["teacher"] for r in rows] == ["cpr"] and rows[0]["epochs_trained"] == 1
+    data = pq.read_table(teacher_logits_path(run, "cpr")).to_pydict()
+    assert sorted(data["filename"]) == sorted(synth_store.table().filename.tolist())
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("teachers").experiment_id])
+    assert mlrun.data.tags["workers"] == "2" and "train_loss" in mlrun.data.metrics
+
+
+def test_data_parallel_group_that_cannot_fit_is_refused(ray_session, tmp_path, synth_root, roster):
+    from asc_dist.errors import ClusterError
+
+    cfg = TeachersConfig(run_dir=str(tmp_path / "run"), data=DataConfig(root=str(synth_root)), roster=str(roster), n=1,
+                         workers_per_teacher=2, cpus_per_teacher=1.0)
+    with pytest.raises(ClusterError, match="lower --cpus-per-teacher"):
+        run_teachers(cfg)

@@ -13,12 +13,13 @@ and a measurable device shift, without a 30 GB download. What mirrors TAU22 Mobi
 - Devices are simulated the way TAU's s1-s6 were: convolution with a device impulse response (MicIRP files
   from `dirs`, else a generated band-pass with resonances), then gain, compression and self-noise. `a` is
   the clean reference; b, c, s1-s3 occur in both splits, s4-s6 only in fold1_evaluate and are drawn
-  harsher (narrower band, stronger resonances, heavier compression, more noise) so they cost accuracy.
+  harsher (they lose the bass the seen devices keep, deviate further from flat, and are noisier; with
+  `dirs` they get the most coloured third of the responses) so a model trained on the others loses accuracy.
 
-Differences from TAU, on purpose: train devices are balanced (each train segment goes to
-`devices_per_train_segment` of the six seen devices in rotation; TAU22 has 10k clips of `a` and 750 of each
-other) and every evaluate segment is rendered on all nine devices, so per-device accuracy gaps come from the
-device alone. Default size: 200 train clips per seen device (1200) + 100 evaluate clips per device (900).
+Differences from TAU, on purpose: train devices are balanced (each train segment goes to the
+`devices_per_train_segment` least-used seen devices; TAU22 has 10k clips of `a` and 750 of each other) and
+every evaluate segment is rendered on all nine devices, so per-device accuracy gaps come from the device alone.
+Default size: 200 train clips per seen device (1200) + 100 evaluate clips per device (900), 2100 clips.
 """
 
 from __future__ import annotations
@@ -205,10 +206,12 @@ def _events(kind: str, count: int, sr: int, rng: np.random.Generator) -> np.ndar
         x *= _hann_env(t, rng.uniform(0.2, 0.6, count)) * (0.6 + 0.4 * np.sin(2 * np.pi * u(3, 5) * t))
     elif kind == "chime":
         f1, f2 = u(500, 1000), u(500, 1000) * rng.choice([0.75, 0.8, 1.25], (count, 1))
-        partials = lambda f, tt: sum(a * np.sin(2 * np.pi * p * f * tt) for p, a in ((1, 1), (2.01, .5), (2.99, .25)))  # noqa: E731
         decay = u(0.15, 0.35)
-        t2 = np.maximum(t - 0.3, 0.0)
-        x = partials(f1, t) * np.exp(-t / decay) + partials(f2, t2) * np.exp(-t2 / decay) * (t >= 0.3)
+        t2 = np.maximum(t - 0.3, 0.0)  # second note of the two-tone announcement chime
+        env1, env2 = np.exp(-t / decay), np.exp(-t2 / decay) * (t >= 0.3)
+        x = np.zeros((count, m))
+        for p, a in ((1.0, 1.0), (2.01, 0.5), (2.99, 0.25)):  # bell-like inharmonic partials
+            x += a * (np.sin(2 * np.pi * p * f1 * t) * env1 + np.sin(2 * np.pi * p * f2 * t2) * env2)
     elif kind == "squeal":
         f = np.minimum(u(2000, 5000), 0.4 * sr) * (1 + 0.01 * np.sin(2 * np.pi * u(4, 9) * t))
         phase = 2 * np.pi * np.cumsum(f, axis=1) / sr
@@ -316,7 +319,8 @@ def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
     return h * np.hanning(2 * n_ir)[n_ir:]
 
 
-# Ranges per severity: seen devices (b, c, s1-s3) are mildly coloured, unseen ones (s4-s6) harsher.
+# Ranges per severity. Seen devices (b, c, s1-s3) keep the bass and stay within 2-4 dB of flat; unseen ones
+# (s4-s6) cut below 150-300 Hz, where hum and rumble tell vehicles apart, deviate 4-6 dB and are noisier.
 SEVERITY = {
     "seen": dict(deviation=(2.0, 4.0), hp=(40, 120), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
                  gain=4, noise=(-82, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
@@ -345,14 +349,18 @@ def _normalise_ir(h: np.ndarray, sr: int) -> np.ndarray:
     return h / np.sqrt(spec[(f >= 500) & (f <= 2000)].mean())
 
 
-def _deviation(h: np.ndarray, sr: int, gain_db: float = 0.0) -> float:
-    """RMS (dB) of a device's third-octave response, gain included, around flat, 100 Hz - 10 kHz: how far it
-    is from the reference device `a`, which is what throws off a model trained on other devices."""
+def _bands_db(h: np.ndarray, sr: int) -> np.ndarray:
+    """Third-octave power response (dB) of an impulse response, 100 Hz - 10 kHz."""
     spec = np.abs(np.fft.rfft(h, 16384)) ** 2
     f = np.fft.rfftfreq(16384, 1 / sr)
     edges = 100 * 2 ** (np.arange(21) / 3)
-    bands = np.array([10 * np.log10(spec[(f >= lo) & (f < hi)].mean() + 1e-12) for lo, hi in zip(edges[:-1], edges[1:])])
-    return float(np.sqrt(np.mean((bands + gain_db) ** 2)))
+    return np.array([10 * np.log10(spec[(f >= lo) & (f < hi)].mean() + 1e-12) for lo, hi in zip(edges[:-1], edges[1:])])
+
+
+def _deviation(bands_db: np.ndarray, gain_db: float = 0.0) -> float:
+    """RMS (dB) of a device's band response, gain included, around flat: how far it is from the reference
+    device `a`, which is what throws off a model trained on other devices."""
+    return float(np.sqrt(np.mean((bands_db + gain_db) ** 2)))
 
 
 def _draw_device(name: str, rng: np.random.Generator, sev: dict, sr: int, ir: tuple[str, np.ndarray] | None) -> DeviceSpec:
@@ -360,8 +368,9 @@ def _draw_device(name: str, rng: np.random.Generator, sev: dict, sr: int, ir: tu
     the severity's range, so the seen/unseen gap (and the accuracy it costs) is similar for every seed."""
     for _ in range(200):
         source, h = ir or ("generated", _draw_ir(rng, sev, sr))
+        bands = _bands_db(h, sr)
         gain = rng.uniform(-sev["gain"], sev["gain"])
-        if sev["deviation"][0] <= _deviation(h, sr, gain) <= sev["deviation"][1]:
+        if sev["deviation"][0] <= _deviation(bands, gain) <= sev["deviation"][1]:
             break
     return DeviceSpec(
         name, h, source,
@@ -376,8 +385,10 @@ def load_irs(folder: str | Path, sr: int) -> list[tuple[str, np.ndarray]]:
     """Impulse responses from a folder of wav files, mono, at `sr`, onset-trimmed, 0 dB at mid band."""
     files = sorted(Path(folder).glob("*.wav"))
     if not files:
-        raise ConfigError(f"{folder}: no .wav impulse responses found; pass a folder of IR wav files "
-                          "(e.g. ../shared/data/micirp) or leave dirs out to use generated device responses")  # fmt: skip
+        raise ConfigError(
+            f"{folder}: no .wav impulse responses found (missing or empty folder); pass a folder of IR wav files "
+            "(e.g. ../shared/data/micirp) or leave dirs out to use generated device responses"
+        )
     irs = []
     for path in files:
         try:
@@ -402,7 +413,7 @@ def device_specs(cfg: SynthConfig) -> dict[str, DeviceSpec]:
     picks: dict[str, tuple[str, np.ndarray]] = {}
     if irs:
         rng = _rng(cfg.seed, 4)
-        ranked = sorted(irs, key=lambda item: _deviation(item[1], sr))
+        ranked = sorted(irs, key=lambda item: _deviation(_bands_db(item[1], sr)))
         cut = max(1, min(len(ranked) - 1, len(ranked) * 2 // 3)) if len(ranked) > 1 else 0
         pools = {"seen": ranked[:cut] or ranked, "unseen": ranked[cut:]}
         for sev, names in (("seen", DEVICES[1:6]), ("unseen", UNSEEN_DEVICES)):
@@ -453,7 +464,8 @@ def plan(cfg: SynthConfig) -> list[Segment]:
     n_loc, k, parts = cfg.locations_per_scene, cfg.devices_per_train_segment, cfg.parts_per_segment
     n_test_loc = min(n_loc - 2, max(1, round(n_loc * cfg.test_location_fraction)))
     n_train_seg = math.ceil(math.ceil(cfg.clips_per_device / parts) * len(SEEN_DEVICES) / k)
-    per_scene = {"train": math.ceil(n_train_seg / len(SCENES)), "test": math.ceil(math.ceil(cfg.n_test_clips / parts) / len(SCENES))}
+    n_test_seg = math.ceil(cfg.n_test_clips / parts)
+    per_scene = {"train": math.ceil(n_train_seg / len(SCENES)), "test": math.ceil(n_test_seg / len(SCENES))}
     n_seg = len(SCENES) * sum(per_scene.values())
     loc_ids = rng.choice(np.arange(100, 100 + max(1000, 4 * n_loc * len(SCENES))), n_loc * len(SCENES), replace=False)
     seg_ids = rng.choice(np.arange(1000, 1000 + max(99000, 4 * n_seg)), n_seg, replace=False)
@@ -462,8 +474,9 @@ def plan(cfg: SynthConfig) -> list[Segment]:
     for s, scene in enumerate(SCENES):
         cities = np.roll(np.resize(CITIES, n_loc), rng.integers(len(CITIES)))
         locs = [
-            Location(scene, str(cities[j]), int(loc_ids[s * n_loc + j]), "test" if r < n_test_loc else "train", s * n_loc + j)
+            Location(scene, str(cities[j]), int(loc_ids[i]), "test" if r < n_test_loc else "train", i)
             for r, j in enumerate(rng.permutation(n_loc))
+            for i in [s * n_loc + j]
         ]
         for split in ("train", "test"):
             pool = [loc for loc in locs if loc.split == split]
@@ -498,7 +511,8 @@ class SynthSummary:
         head = f"{'device':<8}" + "".join(f"{s:>8}" for s in splits) + "  impulse response"
         rows = [head]
         for dev in DEVICES:
-            rows.append(f"{dev:<8}" + "".join(f"{self.by_device[s].get(dev, 0):>8}" for s in splits) + f"  {self.devices[dev]}")
+            counts = "".join(f"{self.by_device[s].get(dev, 0):>8}" for s in splits)
+            rows.append(f"{dev:<8}{counts}  {self.devices[dev]}")
         rows.append(f"{'total':<8}" + "".join(f"{sum(self.by_device[s].values()):>8}" for s in splits))
         rows.append(f"{'places':<8}" + "".join(f"{self.locations[s]:>8}" for s in splits))
         return f"{self.n_clips} clips in {self.out_dir} ({self.wall_s:.1f} s, peak {self.peak:.2f})\n" + "\n".join(rows)
@@ -520,7 +534,9 @@ def _write_tsv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]])
     path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
 
 
-def generate(out_dir: str | Path, cfg: SynthConfig | None = None, progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+def generate(
+    out_dir: str | Path, cfg: SynthConfig | None = None, progress: Callable[[int, int], None] | None = None
+) -> SynthSummary:
     """Write the dataset to `out_dir` atomically (temp sibling, renamed at the end).
 
     An existing `out_dir` is replaced only if it is empty or was written by this generator (has synth.json).
@@ -570,13 +586,13 @@ def generate(out_dir: str | Path, cfg: SynthConfig | None = None, progress: Call
         (tmp / "synth.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     if peak > 1.0:
         log.warning("synth: peak %.2f > 1, some samples were clipped", peak)
-    count = lambda key: {s: dict(sorted(Counter(key(m) for m in meta if splits[m[0]] == s).items())) for s in ("train", "test")}  # noqa: E731
+    by_split = {s: [m for m in meta if splits[m[0]] == s] for s in ("train", "test")}
     return SynthSummary(
         out_dir=out_dir,
         n_clips=len(meta),
-        by_device=count(lambda m: m[3]),
-        by_scene=count(lambda m: m[1]),
-        locations={s: len({m[2] for m in meta if splits[m[0]] == s}) for s in ("train", "test")},
+        by_device={s: dict(sorted(Counter(m[3] for m in rows).items())) for s, rows in by_split.items()},
+        by_scene={s: dict(sorted(Counter(m[1] for m in rows).items())) for s, rows in by_split.items()},
+        locations={s: len({m[2] for m in rows}) for s, rows in by_split.items()},
         devices={name: spec.source for name, spec in devices.items()},
         peak=peak,
         wall_s=time.perf_counter() - start,
