@@ -56,7 +56,6 @@ class LogMel(nn.Module):
     def __init__(self, cfg: MelConfig = STUDENT_MEL):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("preemphasis", torch.tensor([[[-0.97, 1.0]]]), persistent=False)
         self.spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=cfg.n_fft,
             win_length=cfg.win_length,
@@ -78,7 +77,8 @@ class LogMel(nn.Module):
         if waves.dim() == 3:
             waves = waves.squeeze(1)
         with torch.autocast(device_type=waves.device.type, enabled=False):  # the whole front end in fp32
-            x = torch.nn.functional.conv1d(waves.float().unsqueeze(1), self.preemphasis).squeeze(1)
+            waves = waves.float()
+            x = waves[:, 1:] - 0.97 * waves[:, :-1]  # pre-emphasis; as a conv1d it was 60x slower on CPU
             power = self.spectrogram(x)  # [B, n_fft/2+1, frames]
             if self.training and self.cfg.fmax_aug_range > 1:
                 jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
