@@ -214,7 +214,7 @@ def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = 
         trainer.fit(on_epoch)
         reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device)
         flat = log_reports(mlrun, reports, cfg.run_name)
-        mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "int8_kb": cx.int8_bytes / 1024})
+        mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "int8_kb": cx.int8_bytes / 1000})
         out = cfg.out_dir
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "model.pt") as tmp:
@@ -222,7 +222,7 @@ def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = 
         result = {
             "name": cfg.run_name, "model": cfg.model, "preset": cfg.preset, "norm": cfg.norm, "targets": cfg.targets,
             "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "params": cx.params, "macs": cx.macs,
-            "int8_kb": cx.int8_bytes / 1024, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
+            "int8_kb": cx.int8_bytes / 1000, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
             "unseen_acc": flat.get("test_unseen_accuracy"), "test_per_device": reports["test"].per_device if "test" in reports else {},
             "checkpoint": str(out / "model.pt"), "mlflow_run_id": mlrun.run_id, "wall_s": time.perf_counter() - start,
             "clips_per_s": float(np.mean([h["clips_per_s"] for h in trainer.history])) if trainer.history else None,

@@ -6,25 +6,24 @@ and a measurable device shift, without a 30 GB download. What mirrors TAU22 Mobi
 - 10 scenes recorded at locations in cities; `fold1_train` / `fold1_evaluate` split by location.
 - A segment (`parts_per_segment` consecutive 1-s parts) is captured by several devices at once: the same
   scene audio rendered through each device, named `scene-city-location-segment-part-device.wav`.
-- Each scene is a mixture of a coloured noise bed, engine hum, amplitude modulation, reverberation and
-  event textures (steps, voices, chimes, squeals, pass-bys, birds, clicks). Class parameters overlap
-  (metro/tram, street_pedestrian/public_square, shopping_mall/airport) and every location draws its own
-  perturbation of them, so generalising to unseen locations is the hard part, as in TAU.
-- Devices are simulated the way TAU's s1-s6 were: convolution with a device impulse response (MicIRP files
-  from `dirs`, else a generated band-pass with resonances), then gain, compression and self-noise. `a` is
-  the clean reference; b, c, s1-s3 occur in both splits, s4-s6 only in fold1_evaluate and are drawn
-  harsher (they lose the bass the seen devices keep, deviate further from flat, and are noisier; with
-  `dirs` they get the most coloured third of the responses) so a model trained on the others loses accuracy.
+- Each scene (`asc_dist.data.scenes`) mixes a coloured noise bed, engine hum, modulation, reverberation and
+  event textures; class parameters overlap and every location perturbs them, so generalising to unseen
+  locations is the hard part, as in TAU.
+- Devices (`asc_dist.data.devices`) are simulated the way TAU's s1-s6 were: impulse response (MicIRP files
+  from `dirs`, else generated), gain, compression and self-noise. `a` is the clean reference; b, c, s1-s3
+  occur in both splits, s4-s6 only in fold1_evaluate and are drawn harsher, so a model trained on the
+  others loses accuracy.
 
 Differences from TAU, on purpose: train devices are balanced (each train segment goes to the
 `devices_per_train_segment` least-used seen devices; TAU22 has 10k clips of `a` and 750 of each other) and
 every evaluate segment is rendered on all nine devices, so per-device accuracy gaps come from the device alone.
 Default size: 200 train clips per seen device (1200) + 100 evaluate clips per device (900), 2100 clips.
+
+This module holds the config, the plan of cities, locations and segments, and the writing of the files.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -32,26 +31,27 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as taf
 
 from asc_dist.atomic import atomic_path
-from asc_dist.errors import ConfigError, DatasetError
+from asc_dist.data.devices import DEVICES, SEEN_DEVICES, SEVERITY, UNSEEN_DEVICES, DeviceSpec, device_specs, load_irs
+from asc_dist.data.scenes import (EVENT_OFFSET_DB, EVENT_SECONDS, EVENTS, SCENES, STYLES, SceneStyle, _rng,
+                                  perturb_style, render_scene)  # fmt: skip
+from asc_dist.errors import ConfigError
+
+__all__ = [
+    "CITIES", "DEVICES", "EVENTS", "EVENT_OFFSET_DB", "EVENT_SECONDS", "SCENES", "SEEN_DEVICES", "SEVERITY",
+    "STYLES", "SUBTYPES", "UNSEEN_DEVICES", "DeviceSpec", "Location", "SceneStyle", "Segment", "SynthConfig",
+    "SynthSummary", "device_specs", "generate", "load_irs", "perturb_style", "plan", "render_scene",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-SCENES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
-          "street_pedestrian", "street_traffic", "tram")  # fmt: skip
-DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
-SEEN_DEVICES = DEVICES[:6]
-UNSEEN_DEVICES = DEVICES[6:]
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "vienna")
-EVENTS = ("steps", "voice", "chime", "squeal", "pass", "bird", "click")
 SUBTYPES = {"PCM_16": 2**15 - 1, "PCM_24": 2**23 - 1}
 
 
@@ -97,334 +97,6 @@ class SynthConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"synth config: {message}")
-
-
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    """One independent stream per (purpose, index): results do not depend on generation order or size."""
-    return np.random.default_rng([seed, *keys])
-
-
-def _db(x: float | np.ndarray) -> float | np.ndarray:
-    return 10.0 ** (np.asarray(x) / 20.0)
-
-
-# ---------------------------------------------------------------- scenes
-
-
-@dataclass(frozen=True)
-class SceneStyle:
-    """Class parameters of one scene (or one location's perturbed copy). Rates are events per second."""
-
-    tilt_db_oct: float  # noise-bed colour, dB per octave around 1 kHz
-    lowpass_hz: float
-    bed_db: float  # noise-bed RMS, dBFS
-    hum_hz: float
-    hum_db: float
-    am_hz: float
-    am_depth: float
-    rt60_s: float
-    wet: float
-    snr_db: float  # event peak level over the bed
-    rates: tuple[float, ...]  # per EVENTS entry
-
-
-def _style(*v: float) -> SceneStyle:
-    return SceneStyle(*v[:10], rates=tuple(v[10:]))
-
-
-# Overlapping pairs by design: metro/tram/bus, street_pedestrian/public_square, shopping_mall/airport.
-#   tilt  lowp   bed  hum_hz hum_db am_hz am_d  rt60  wet  snr | steps voice chime squeal pass bird click
-STYLES = {
-    "airport":           _style(-3.5, 7000, -42, 60, -62, 0.25, .10, 1.40, .55, 6, 1.2, 1.0, .40, .00, .05, .0, .7),
-    "shopping_mall":     _style(-5.0, 6500, -37, 60, -60, 0.25, .10, 0.80, .35, 5, 2.0, 2.2, .06, .00, .00, .0, .3),
-    "metro_station":     _style(-5.0, 6000, -36, 50, -44, 0.30, .15, 1.70, .55, 7, 1.2, 0.7, .20, .60, .50, .0, .4),
-    "metro":             _style(-7.0, 2800, -30, 70, -36, 1.50, .30, 0.30, .20, 4, 0.2, 0.5, .05, .50, .10, .0, 1.6),
-    "tram":              _style(-5.5, 4200, -33, 100, -42, 1.10, .30, 0.35, .20, 5, 0.2, 0.6, .20, .60, .15, .0, .9),
-    "bus":               _style(-7.5, 2400, -31, 45, -34, 0.80, .25, 0.30, .20, 5, 0.2, 0.6, .08, .15, .20, .0, .5),
-    "park":              _style(-3.0, 9000, -46, 50, -70, 0.20, .20, 0.10, .05, 9, 0.5, 0.3, .00, .00, .15, 2.5, .1),
-    "public_square":     _style(-3.2, 8000, -43, 50, -64, 0.30, .15, 0.25, .10, 7, 1.0, 0.9, .03, .03, .20, 1.0, .3),
-    "street_pedestrian": _style(-4.5, 7000, -37, 50, -62, 0.30, .15, 0.30, .12, 7, 2.6, 2.0, .02, .05, .60, .15, .4),
-    "street_traffic":    _style(-5.5, 5000, -34, 40, -48, 0.40, .45, 0.10, .05, 6, 0.3, 0.3, .00, .10, 1.4, .1, .2),
-}  # fmt: skip
-EVENT_OFFSET_DB = {"steps": 4, "voice": -2, "chime": -2, "squeal": -6, "pass": 0, "bird": -4, "click": 2}
-EVENT_SECONDS = {"steps": 0.08, "voice": 0.6, "chime": 0.8, "squeal": 0.8, "pass": 1.5, "bird": 0.15, "click": 0.01}
-
-
-def perturb_style(style: SceneStyle, rng: np.random.Generator, spread: float) -> SceneStyle:
-    """A location's own version of its class: level, colour, hum, modulation, room and event rates all move."""
-    n = lambda s: rng.normal(0.0, s * spread)  # noqa: E731
-    octave = lambda s: 2.0 ** n(s)  # noqa: E731
-    return replace(
-        style,
-        tilt_db_oct=style.tilt_db_oct + n(0.5),
-        lowpass_hz=style.lowpass_hz * octave(0.25),
-        bed_db=style.bed_db + n(1.7),
-        hum_hz=style.hum_hz * octave(0.12),
-        hum_db=style.hum_db + n(3.5),
-        am_hz=style.am_hz * octave(0.25),
-        am_depth=float(np.clip(style.am_depth + n(0.07), 0.0, 0.9)),
-        rt60_s=float(np.clip(style.rt60_s * octave(0.25), 0.05, 2.5)),
-        wet=float(np.clip(style.wet + n(0.07), 0.0, 0.9)),
-        snr_db=style.snr_db + n(2.0),
-        rates=tuple(r * octave(0.35) for r in style.rates),
-    )
-
-
-def _band_noise(rng: np.random.Generator, count: int, m: int, sr: int, centre: np.ndarray, width_oct: float) -> np.ndarray:
-    """[count, m] noise bursts, each band-limited by a Gaussian in log-frequency around its centre."""
-    f = np.maximum(np.fft.rfftfreq(m, 1 / sr), 1.0)
-    weight = np.exp(-0.5 * (np.log2(f[None] / centre[:, None]) / (width_oct / 2)) ** 2)
-    return np.fft.irfft(np.fft.rfft(rng.standard_normal((count, m)), axis=1) * weight, m, axis=1)
-
-
-def _hann_env(t: np.ndarray, dur: np.ndarray) -> np.ndarray:
-    """[count, m] raised-cosine envelopes of per-event durations (seconds), zero afterwards."""
-    x = np.clip(t[None] / dur[:, None], 0.0, 1.0)
-    return np.sin(np.pi * x) ** 2
-
-
-def _events(kind: str, count: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """[count, m] event waveforms of one texture, peak-normalised; parameters vary per event."""
-    m = max(2, round(EVENT_SECONDS[kind] * sr))
-    t = np.arange(m) / sr
-    u = lambda lo, hi: rng.uniform(lo, hi, (count, 1))  # noqa: E731
-    if kind in ("steps", "click"):
-        tau = u(0.005, 0.015) if kind == "steps" else u(0.0004, 0.001)
-        centre = rng.uniform(400, 2500, count) if kind == "steps" else rng.uniform(2000, 8000, count)
-        x = _band_noise(rng, count, m, sr, centre, 1.2 if kind == "steps" else 2.0) * np.exp(-t / tau)
-    elif kind == "pass":
-        x = _band_noise(rng, count, m, sr, rng.uniform(200, 900, count), 2.5)
-        x *= np.exp(-0.5 * ((t - t[-1] / 2) / u(0.2, 0.45)) ** 2)
-    elif kind == "voice":
-        f0 = u(90, 260) * (1 + 0.03 * np.sin(2 * np.pi * u(4, 6) * t))
-        source = 2 * np.mod(np.cumsum(f0, axis=1) / sr, 1.0) - 1  # sawtooth: all harmonics, 1/k
-        f = np.fft.rfftfreq(m, 1 / sr)[None, None]
-        formants = np.stack([u(300, 800), u(900, 2300), u(2400, 3200)], axis=1)  # [count, 3, 1]
-        bandwidth = np.array([80.0, 120.0, 150.0])[None, :, None]
-        vocal_tract = np.exp(-0.5 * ((f - formants) / bandwidth) ** 2).sum(1) + 0.05
-        x = np.fft.irfft(np.fft.rfft(source, axis=1) * vocal_tract, m, axis=1)
-        x *= _hann_env(t, rng.uniform(0.2, 0.6, count)) * (0.6 + 0.4 * np.sin(2 * np.pi * u(3, 5) * t))
-    elif kind == "chime":
-        f1, f2 = u(500, 1000), u(500, 1000) * rng.choice([0.75, 0.8, 1.25], (count, 1))
-        decay = u(0.15, 0.35)
-        t2 = np.maximum(t - 0.3, 0.0)  # second note of the two-tone announcement chime
-        env1, env2 = np.exp(-t / decay), np.exp(-t2 / decay) * (t >= 0.3)
-        x = np.zeros((count, m))
-        for p, a in ((1.0, 1.0), (2.01, 0.5), (2.99, 0.25)):  # bell-like inharmonic partials
-            x += a * (np.sin(2 * np.pi * p * f1 * t) * env1 + np.sin(2 * np.pi * p * f2 * t2) * env2)
-    elif kind == "squeal":
-        f = np.minimum(u(2000, 5000), 0.4 * sr) * (1 + 0.01 * np.sin(2 * np.pi * u(4, 9) * t))
-        phase = 2 * np.pi * np.cumsum(f, axis=1) / sr
-        x = (np.sin(phase) + 0.3 * np.sin(2 * phase)) * _hann_env(t, rng.uniform(0.25, 0.8, count))
-    elif kind == "bird":
-        dur = u(0.04, 0.12)
-        f_start = np.minimum(u(2500, 6000), 0.4 * sr)
-        f = f_start * (1 - u(0.2, 0.5) * np.clip(t / dur, 0, 1))
-        phase = 2 * np.pi * np.cumsum(f, axis=1) / sr
-        x = (np.sin(phase) + 0.2 * np.sin(2 * phase)) * _hann_env(t, dur[:, 0])
-    else:
-        raise ConfigError(f"unknown event kind {kind!r}")
-    return x / (np.abs(x).max(axis=1, keepdims=True) + 1e-12)
-
-
-@functools.lru_cache(maxsize=64)
-def _fast_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n: pocketfft is fast on these, and they waste less than a power of two."""
-    return min(m for m in (2**a * 3**b * 5**c for a in range(40) for b in range(4) for c in range(4)) if m >= n)
-
-
-def _fftconv(x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Causal linear convolution of a signal with an impulse response, truncated to len(x)."""
-    nfft = _fast_len(len(x) + len(h) - 1)
-    return np.fft.irfft(np.fft.rfft(x, nfft) * np.fft.rfft(h, nfft), nfft)[: len(x)]
-
-
-def render_scene(style: SceneStyle, n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """n samples of one scene: modulated coloured noise bed + engine hum + reverberant event textures."""
-    t = np.arange(n) / sr
-    f = np.fft.rfftfreq(n, 1 / sr)
-    colour = _db(style.tilt_db_oct * np.log2(np.maximum(f, 20.0) / 1000.0)) / np.sqrt(1 + (f / style.lowpass_hz) ** 4)
-    colour[0] = 0.0
-    bed = np.fft.irfft((rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) * colour, n)
-    bed *= (1 + style.am_depth * np.sin(2 * np.pi * style.am_hz * t + rng.uniform(0, 2 * np.pi)))
-    bed *= _db(style.bed_db + rng.normal(0, 1.5)) / (np.sqrt(np.mean(bed**2)) + 1e-12)
-
-    k = np.arange(1, 9)[:, None]
-    f0 = style.hum_hz * (1 + 0.01 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 2 * np.pi)))
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    hum = (rng.uniform(0.5, 1.0, (8, 1)) / k * np.sin(k * phase + rng.uniform(0, 2 * np.pi, (8, 1)))).sum(0)
-    hum *= _db(style.hum_db) / (np.sqrt(np.mean(hum**2)) + 1e-12)
-
-    events = np.zeros(n)
-    for kind, rate in zip(EVENTS, style.rates):
-        m = max(2, round(EVENT_SECONDS[kind] * sr))
-        count = rng.poisson(rate * (n + m) / sr)
-        if count == 0:
-            continue
-        waves = _events(kind, count, sr, rng)
-        waves *= _db(style.bed_db + style.snr_db + EVENT_OFFSET_DB[kind] + rng.normal(0, 3, (count, 1)))
-        idx = rng.integers(-m, n, count)[:, None] + np.arange(m)
-        keep = (idx >= 0) & (idx < n)
-        events += np.bincount(idx[keep], weights=waves[keep], minlength=n)
-    tail = np.arange(round(min(style.rt60_s, 1.5) * sr)) / sr
-    room = rng.standard_normal(len(tail)) * np.exp(-6.91 * tail / style.rt60_s)
-    events = (1 - style.wet) * events + style.wet * _fftconv(events, room / np.linalg.norm(room))
-    return bed + hum + events
-
-
-# ---------------------------------------------------------------- devices
-
-
-@dataclass(eq=False)
-class DeviceSpec:
-    """A simulated recording device: impulse response, then gain, compression and self-noise."""
-
-    name: str
-    ir: np.ndarray = field(repr=False)  # 0 dB mid-band gain; [1.0] for the reference device
-    source: str  # "identity", "generated" or the IR file name
-    gain_db: float = 0.0
-    noise_db: float = -96.0  # self-noise RMS, dBFS
-    comp_threshold_db: float = 0.0
-    comp_ratio: float = 1.0
-
-    def describe(self) -> dict:
-        return {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "ir"}
-
-    def apply(self, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-        y = (_fftconv(x, self.ir) if len(self.ir) > 1 else x) * _db(self.gain_db)
-        if self.comp_ratio > 1:
-            y = _compress(y, self.comp_threshold_db, self.comp_ratio, sr)
-        return y + rng.standard_normal(len(y)) * _db(self.noise_db)
-
-
-def _compress(y: np.ndarray, threshold_db: float, ratio: float, sr: int) -> np.ndarray:
-    """Feed-forward compressor on 10-ms frame RMS, gain smoothed over 50 ms and interpolated per sample."""
-    hop = max(1, sr // 100)
-    frames = np.pad(y, (0, -len(y) % hop)).reshape(-1, hop)
-    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
-    reduction = np.minimum(0.0, (threshold_db - level) * (1 - 1 / ratio))
-    reduction = np.convolve(np.pad(reduction, 2, mode="edge"), np.ones(5) / 5, mode="valid")
-    centres = (np.arange(len(reduction)) + 0.5) * hop
-    return y * _db(np.interp(np.arange(len(y)), centres, reduction))
-
-
-def _min_phase_ir(mag_db: np.ndarray, n_ir: int) -> np.ndarray:
-    """Minimum-phase impulse response with the given magnitude (dB on an rfft grid), via the real cepstrum."""
-    nfft = 2 * (len(mag_db) - 1)
-    cep = np.fft.irfft(np.log(_db(mag_db)), nfft)
-    fold = np.zeros(nfft)
-    fold[0], fold[nfft // 2] = cep[0], cep[nfft // 2]
-    fold[1 : nfft // 2] = 2 * cep[1 : nfft // 2]
-    h = np.fft.irfft(np.exp(np.fft.rfft(fold)), nfft)[:n_ir]
-    return h * np.hanning(2 * n_ir)[n_ir:]
-
-
-# Ranges per severity. Seen devices (b, c, s1-s3) keep the bass and stay within 2-4 dB of flat; unseen ones
-# (s4-s6) cut below 150-300 Hz, where hum and rumble tell vehicles apart, deviate 4-6 dB and are noisier.
-SEVERITY = {
-    "seen": dict(deviation=(2.0, 4.0), hp=(40, 120), lp=(7000, 15000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
-                 gain=4, noise=(-82, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
-    "unseen": dict(deviation=(4.0, 6.0), hp=(150, 300), lp=(6000, 12000), tilt=1.5, n_res=(1, 3), res_db=6, bw=(0.3, 1.0),
-                   gain=4, noise=(-76, -70), thr=(-35, -25), ratio=(1.0, 2.5)),
-}  # fmt: skip
-
-
-def _draw_ir(rng: np.random.Generator, sev: dict, sr: int, nfft: int = 8192) -> np.ndarray:
-    """A random band-pass response with resonances, like a small phone microphone and its housing."""
-    f = np.maximum(np.fft.rfftfreq(nfft, 1 / sr), 1.0)
-    hp, lp = (np.exp(rng.uniform(*np.log(sev[k]))) for k in ("hp", "lp"))
-    mag = -10 * np.log10(1 + (hp / f) ** 4) - 10 * np.log10(1 + (f / lp) ** 4)
-    mag += rng.uniform(-sev["tilt"], sev["tilt"]) * np.log2(f / 1000)
-    for _ in range(rng.integers(sev["n_res"][0], sev["n_res"][1] + 1)):
-        fc = np.exp(rng.uniform(np.log(300), np.log(min(8000, 0.4 * sr))))
-        mag += rng.uniform(-sev["res_db"], sev["res_db"]) * np.exp(-0.5 * (np.log2(f / fc) / rng.uniform(*sev["bw"])) ** 2)
-    return _normalise_ir(_min_phase_ir(np.clip(mag, -80, 40), 2048), sr)
-
-
-def _normalise_ir(h: np.ndarray, sr: int) -> np.ndarray:
-    """Scale to 0 dB mean power gain over 500 Hz - 2 kHz: sensitivity is set where microphones are specified,
-    so a device that loses the bass does not get its treble boosted (as unit-energy scaling would)."""
-    spec = np.abs(np.fft.rfft(h, 16384)) ** 2
-    f = np.fft.rfftfreq(16384, 1 / sr)
-    return h / np.sqrt(spec[(f >= 500) & (f <= 2000)].mean())
-
-
-def _bands_db(h: np.ndarray, sr: int) -> np.ndarray:
-    """Third-octave power response (dB) of an impulse response, 100 Hz - 10 kHz."""
-    spec = np.abs(np.fft.rfft(h, 16384)) ** 2
-    f = np.fft.rfftfreq(16384, 1 / sr)
-    edges = 100 * 2 ** (np.arange(21) / 3)
-    return np.array([10 * np.log10(spec[(f >= lo) & (f < hi)].mean() + 1e-12) for lo, hi in zip(edges[:-1], edges[1:])])
-
-
-def _deviation(bands_db: np.ndarray, gain_db: float = 0.0) -> float:
-    """RMS (dB) of a device's band response, gain included, around flat: how far it is from the reference
-    device `a`, which is what throws off a model trained on other devices."""
-    return float(np.sqrt(np.mean((bands_db + gain_db) ** 2)))
-
-
-def _draw_device(name: str, rng: np.random.Generator, sev: dict, sr: int, ir: tuple[str, np.ndarray] | None) -> DeviceSpec:
-    """A device of the given severity; response and gain are redrawn until their deviation from flat lies in
-    the severity's range, so the seen/unseen gap (and the accuracy it costs) is similar for every seed."""
-    for _ in range(200):
-        source, h = ir or ("generated", _draw_ir(rng, sev, sr))
-        bands = _bands_db(h, sr)
-        gain = rng.uniform(-sev["gain"], sev["gain"])
-        if sev["deviation"][0] <= _deviation(bands, gain) <= sev["deviation"][1]:
-            break
-    return DeviceSpec(
-        name, h, source,
-        gain_db=gain,
-        noise_db=rng.uniform(*sev["noise"]),
-        comp_threshold_db=rng.uniform(*sev["thr"]),
-        comp_ratio=rng.uniform(*sev["ratio"]),
-    )  # fmt: skip
-
-
-def load_irs(folder: str | Path, sr: int) -> list[tuple[str, np.ndarray]]:
-    """Impulse responses from a folder of wav files, mono, at `sr`, onset-trimmed, 0 dB at mid band."""
-    files = sorted(Path(folder).glob("*.wav"))
-    if not files:
-        raise ConfigError(
-            f"{folder}: no .wav impulse responses found (missing or empty folder); pass a folder of IR wav files "
-            "(e.g. ../shared/data/micirp) or leave dirs out to use generated device responses"
-        )
-    irs = []
-    for path in files:
-        try:
-            data, file_sr = sf.read(str(path), dtype="float64", always_2d=True)
-        except RuntimeError as exc:
-            raise DatasetError(f"{path}: cannot read impulse response ({exc}); remove or replace the file") from exc
-        h = data.mean(axis=1)
-        if file_sr != sr:
-            h = taf.resample(torch.from_numpy(h), file_sr, sr).numpy()
-        h = h[max(0, int(np.argmax(np.abs(h))) - 32) :]
-        if not np.any(h):
-            raise DatasetError(f"{path}: impulse response is silent; remove the file")
-        irs.append((path.name, _normalise_ir(h, sr)))
-    return irs
-
-
-def device_specs(cfg: SynthConfig) -> dict[str, DeviceSpec]:
-    """Fixed per-device parameters drawn from the seed. With `dirs`, the most coloured third of the IRs is
-    reserved for s4-s6 so the unseen devices differ from the seen ones whatever files were given."""
-    sr = cfg.sample_rate
-    irs = load_irs(cfg.dirs, sr) if cfg.dirs else None
-    picks: dict[str, tuple[str, np.ndarray]] = {}
-    if irs:
-        rng = _rng(cfg.seed, 4)
-        ranked = sorted(irs, key=lambda item: _deviation(_bands_db(item[1], sr)))
-        cut = max(1, min(len(ranked) - 1, len(ranked) * 2 // 3)) if len(ranked) > 1 else 0
-        pools = {"seen": ranked[:cut] or ranked, "unseen": ranked[cut:]}
-        for sev, names in (("seen", DEVICES[1:6]), ("unseen", UNSEEN_DEVICES)):
-            pool = pools[sev]
-            chosen = rng.choice(len(pool), len(names), replace=len(pool) < len(names))
-            picks.update({name: pool[i] for name, i in zip(names, chosen)})
-    specs = {"a": DeviceSpec("a", np.ones(1), "identity", noise_db=-90.0)}
-    for i, name in enumerate(DEVICES[1:], start=1):
-        sev = SEVERITY["unseen" if name in UNSEEN_DEVICES else "seen"]
-        specs[name] = _draw_device(name, _rng(cfg.seed, 3, i), sev, sr, picks.get(name))
-    return specs
 
 
 # ---------------------------------------------------------------- layout
