@@ -55,6 +55,11 @@ def page_url(url: str, experiment_id: str) -> str:
     return f"{url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+# The columns a sweep is read by; other experiments fall back to their accuracy metrics.
+PREFERRED_METRICS = ("val_acc", "test_accuracy", "test_unseen_accuracy", "int8_test_accuracy", "macs")
+PREFERRED_PARAMS = ("preset", "kd_lambda", "temperature")
+
+
 def runs_view(url: str, experiment: str, max_metrics: int = 5, max_params: int = 3) -> dict:
     """Experiment id, run ids, parent runs and the columns worth showing, read through the tracking API."""
     from mlflow import MlflowClient
@@ -70,12 +75,15 @@ def runs_view(url: str, experiment: str, max_metrics: int = 5, max_params: int =
         raise TrackingError(f"no experiment {experiment!r} at {url}; it has: {names}")
     runs = client.search_runs([exp.experiment_id], max_results=500)
     parents = sorted({r.data.tags["mlflow.parentRunId"] for r in runs if "mlflow.parentRunId" in r.data.tags})
-    metrics = sorted({k for r in runs for k in r.data.metrics}, key=lambda k: ("acc" not in k, k))[:max_metrics]
+    present = {k for r in runs for k in r.data.metrics}
+    metrics = [k for k in PREFERRED_METRICS if k in present] or sorted(present, key=lambda k: ("acc" not in k, k))
+    metrics = metrics[:max_metrics]
     values: dict[str, set] = {}
     for r in runs:
         for k, v in r.data.params.items():
             values.setdefault(k, set()).add(v)
-    params = sorted(k for k, v in values.items() if len(v) > 1)[:max_params]
+    varying = sorted(k for k, v in values.items() if len(v) > 1)
+    params = ([k for k in PREFERRED_PARAMS if k in varying] or varying)[:max_params]
     return {
         "experiment_id": exp.experiment_id, "run_ids": [r.info.run_id for r in runs], "parents": parents,
         "columns": [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in params],
