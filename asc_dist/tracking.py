@@ -63,8 +63,11 @@ def experiment_id(name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # keep artifacts beside the db, not in whatever folder we were started from
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently by another trial
         return client.get_experiment_by_name(name).experiment_id
 

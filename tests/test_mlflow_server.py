@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import socket
 import subprocess
 import sys
@@ -49,25 +51,22 @@ def test_nested_runs_metrics_and_artifacts_over_http(mlflow_server, mlflow_serve
     assert stored.read_text() == '{"val_acc": 0.47}'
 
 
-def test_tracking_module_logs_nested_runs_to_the_server(mlflow_server, tmp_path, monkeypatch):
+def test_tracking_module_logs_nested_runs_to_the_server(mlflow_server, tmp_path):
     """asc_dist.tracking (the one place that talks to MLflow) against the HTTP server, parent and child."""
     import mlflow
     from mlflow import MlflowClient
 
     from asc_dist import tracking
 
-    previous_uri = mlflow.get_tracking_uri()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # tracking.configure sets it; undone after the test
-    try:
-        tracking.check_reachable(mlflow_server)
-        experiment = _exp_name("tracking-test")
-        with tracking.run(mlflow_server, experiment, "sweep", params={"presets": "sm1"}) as parent:
-            with tracking.run(mlflow_server, experiment, "trial", params={"kd_lambda": 0.1},
-                              parent_run_id=parent.run_id) as child:
-                child.log_metrics({"val_acc": 0.5}, step=1)
-                child.log_json({"val_acc": 0.5}, "result.json")
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
+    tracking.check_reachable(mlflow_server)
+    experiment = _exp_name("tracking-test")
+    with tracking.run(mlflow_server, experiment, "sweep", params={"presets": "sm1"}) as parent:
+        with tracking.run(mlflow_server, experiment, "trial", params={"kd_lambda": 0.1},
+                          parent_run_id=parent.run_id) as child:
+            child.log_metrics({"val_acc": 0.5}, step=1)
+            child.log_json({"val_acc": 0.5}, "result.json")
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()) == before  # no global state touched
 
     client = MlflowClient(mlflow_server)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
