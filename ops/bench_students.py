@@ -46,7 +46,6 @@ from torch import nn
 from asc_dist.audio.store import WaveformStore
 from asc_dist.batches import BatchLoader
 from asc_dist.complexity import measure
-from asc_dist.data.synth import SynthConfig, generate
 from asc_dist.distill import StudentConfig, build_student_model, make_trainer
 from asc_dist.features import STUDENT_MEL, LogMel
 from asc_dist.logits import write_targets
@@ -315,10 +314,8 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_students_"))
     try:
-        root = Path(a.data) if a.data else tmp / "data"
-        if not a.data:
-            generate(root, SynthConfig(clips_per_device=a.clips_per_device, seed=0))
-        data = DataConfig(root=str(root), store=str(tmp / "store"))
+        # no --data: prepare_store generates the synthetic dataset into tmp/data first
+        data = DataConfig(root=a.data, store=str(tmp / "store"), synth_clips_per_device=a.clips_per_device)
         store = prepare_store(data, tmp)
         write_fake_targets(tmp, store)
         calib = real_mels(store, 32)

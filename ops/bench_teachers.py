@@ -43,7 +43,6 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from asc_dist.audio.store import SplitData, WaveformStore  # noqa: E402
-from asc_dist.data.synth import SynthConfig, generate  # noqa: E402
 from asc_dist.features import FRONT_ENDS, LogMel  # noqa: E402
 from asc_dist.prepare import DataConfig, prepare_store  # noqa: E402
 from asc_dist.teachers import TeachersConfig, run_teachers  # noqa: E402
@@ -191,10 +190,8 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_teachers_"))
     try:
-        root = Path(a.data) if a.data else tmp / "data"
-        if not a.data:
-            generate(root, SynthConfig(clips_per_device=a.clips_per_device, seed=0))
-        data = DataConfig(root=str(root), store=str(tmp / "store"))
+        # no --data: prepare_store generates the synthetic dataset into tmp/data first
+        data = DataConfig(root=a.data, store=str(tmp / "store"), synth_clips_per_device=a.clips_per_device)
         store = prepare_store(data, tmp)
         result = {"clips": len(store.table()), "cpus": os.cpu_count(), "device": a.device}
         result["throughput"] = throughput(store, models, a.throughput_clips, a.batch_size, a.device)
