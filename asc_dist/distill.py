@@ -3,14 +3,13 @@
 Reads the packed waveform store and `RUN_DIR/fused/targets.parquet` (joined by filename: every training clip
 must have a target), trains with `asc_dist.kd.kd_loss` and the seed's augmentations, logs to MLflow and
 writes the fp32 checkpoint to `RUN_DIR/students/<name>/model.pt`. The same function is the Ray Tune
-trainable's body (`report` per epoch, resume from `checkpoint_dir`).
+trainable's body (`report` per epoch, resume from the last epoch's state).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +22,12 @@ from asc_dist.atomic import atomic_path, write_text_atomic
 from asc_dist.audio.store import WaveformStore
 from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
 from asc_dist.errors import ConfigError, LogitsError
-from asc_dist.evaluation import log_reports, split_reports
+from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.kd import kd_loss, validate_kd
 from asc_dist.logits import load_targets, targets_path
 from asc_dist.prepare import DataConfig
-from asc_dist.train import OptimConfig, Trainer, cross_entropy_loss, predict
+from asc_dist.train import OptimConfig, Trainer, cross_entropy_loss
 
 log = logging.getLogger(__name__)
 TARGET_KINDS = ("fused", "average", "none")
@@ -163,21 +162,14 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
 
 
 def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device) -> dict:
+    """Reports on val and test; devices of the training split count as seen."""
     d = cfg.data
-    table = store.table(d.val_fraction, d.val_seed)
-    splits = [s for s in ("val", "test") if (table.split == s).any()]
-    logits = np.concatenate([predict(model, front, store.split(s, d.val_fraction, d.val_seed), device=device) for s in splits])
-    rows = table.take(np.concatenate([np.flatnonzero(table.split == s) for s in splits]))
-    seen = sorted(set(table.device[table.split == "train"].tolist()))
-    from asc_dist.metrics import evaluate_predictions
-
-    return {
-        s: evaluate_predictions(logits[rows.split == s], rows.label[rows.split == s], rows.device[rows.split == s].tolist(), store.classes, seen_devices=seen)
-        for s in splits
-    }
+    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device)
+    seen = sorted(set(store.split("train", d.val_fraction, d.val_seed).table.device.tolist()))
+    return split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=seen)
 
 
-def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = None, store: WaveformStore | None = None) -> dict:
+def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, store: WaveformStore | None = None) -> dict:
     """Train (or resume) one student; returns its result row (also written to `out_dir/result.json`)."""
     from asc_dist.complexity import measure
     from asc_dist.prepare import prepare_store
@@ -192,12 +184,10 @@ def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = 
     cx = measure(model)
     trainer = make_trainer(cfg, store, model, cfg.epochs, cfg.lr)
     resume_id = None
-    if checkpoint_dir:
-        state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        resume_id = state.get("mlflow_run_id")
+    if resume:
+        trainer.load_state_dict(resume["trainer"])
+        resume_id = resume.get("mlflow_run_id")
     uri = tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri)
-    tracking.configure(uri)
     params = {**{k: v for k, v in cfg.to_dict().items() if k not in ("data",)}, "data": cfg.data.__dict__, "params": cx.params, "macs": cx.macs}
     with tracking.run(uri, cfg.experiment, cfg.run_name, params=params, tags={"asc_dist.step": "student", "preset": cfg.preset},
                       parent_run_id=cfg.parent_run_id, resume_run_id=resume_id) as mlrun:
@@ -207,9 +197,8 @@ def train_student(cfg: StudentConfig, report=None, checkpoint_dir: str | None = 
         def on_epoch(result) -> None:
             mlrun.log_metrics(result.metrics, step=result.epoch)
             if report is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id}, Path(tmp) / "state.pt")
-                    report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "student": cfg.run_name}, tmp)
+                report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "student": cfg.run_name},
+                       {"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id})
 
         trainer.fit(on_epoch)
         reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device)

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from asc_dist.data.table import ClipTable
 from asc_dist.metrics import Report, evaluate_predictions
+from asc_dist.train import predict
 from asc_dist.tracking import Run
 
 
-def split_reports(logits: np.ndarray, labels: np.ndarray, devices: np.ndarray, splits: np.ndarray, classes: list[str]) -> dict[str, Report]:
-    """A `Report` per split present among val and test (train devices define "seen")."""
-    seen = sorted(set(devices[splits == "train"].tolist())) or None
+def score_splits(model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device) -> tuple[np.ndarray, ClipTable]:
+    """Logits of every clip of `splits` (those present), clean audio in eval mode, and their table rows."""
+    table = store.table(val_fraction, val_seed)
+    present = [s for s in splits if (table.split == s).any()]
+    logits = np.concatenate([predict(model, front, store.split(s, val_fraction, val_seed), device=device) for s in present])
+    return logits, table.take(np.concatenate([np.flatnonzero(table.split == s) for s in present]))
+
+
+def split_reports(
+    logits: np.ndarray, labels: np.ndarray, devices: np.ndarray, splits: np.ndarray, classes: list[str], seen: list[str] | None = None
+) -> dict[str, Report]:
+    """A `Report` per split present among val and test; "seen" devices default to those of the train rows."""
+    seen = seen or sorted(set(devices[splits == "train"].tolist())) or None
     out = {}
     for split in ("val", "test"):
         mask = splits == split

@@ -57,7 +57,7 @@ def frozen_epochs(qat_epochs: int) -> int:
 def quantize_student(cfg, store, fp32_model: nn.Module, mlrun) -> dict:
     """QAT-finetune `fp32_model`, convert, evaluate on CPU, export; returns the int8 result fields."""
     from asc_dist.distill import evaluate_all, make_trainer
-    from asc_dist.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, int8_size_bytes, latency_per_clip_ms, prepare_qat
+    from asc_dist.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, int8_size_bytes, prepare_qat
 
     qat_model = prepare_qat(fp32_model.cpu())
     trainer = make_trainer(cfg, store, qat_model, cfg.qat_epochs, cfg.qat_lr)

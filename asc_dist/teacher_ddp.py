@@ -17,6 +17,7 @@ import torch
 from asc_dist import tracking
 from asc_dist.audio.store import WaveformStore
 from asc_dist.roster import TeacherConfig
+from asc_dist.trial_state import STATE_FILE, load_state
 from asc_dist.teacher_trial import TeacherRunContext, build_model, finish_teacher, make_trainer, open_mlflow_run
 
 
@@ -54,7 +55,7 @@ def _worker_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            trainer.load_state_dict(torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)["trainer"])
+            trainer.load_state_dict(load_state(d)["trainer"])
     mlrun = tracking.Run(__import__("mlflow").MlflowClient(ctx.mlflow_uri), config["mlflow_run_id"]) if rank == 0 else None
 
     def on_epoch(result) -> None:
@@ -62,7 +63,7 @@ def _worker_loop(config: dict) -> None:
         if rank == 0:
             mlrun.log_metrics(result.metrics, step=result.epoch)
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"trainer": trainer.state_dict()}, Path(tmp) / "state.pt")
+                torch.save({"trainer": trainer.state_dict()}, Path(tmp) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -97,7 +98,7 @@ def ddp_trainable(config: dict) -> None:
         )
         result = trainer.fit()
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)["trainer"]
+            state = load_state(d)["trainer"]
         model.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
         from asc_dist.features import FRONT_ENDS, LogMel
 

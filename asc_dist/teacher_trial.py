@@ -8,7 +8,6 @@ or duplicate rows.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,11 +18,11 @@ import torch
 from asc_dist import tracking
 from asc_dist.audio.store import WaveformStore
 from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
-from asc_dist.evaluation import log_reports, split_reports
+from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.logits import write_teacher_logits
 from asc_dist.roster import TeacherConfig
-from asc_dist.train import OptimConfig, Trainer, pick_device, predict
+from asc_dist.train import OptimConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +107,7 @@ def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resum
 
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
-    table = store.table(ctx.val_fraction, ctx.val_seed)
-    splits = [s for s in ("train", "val", "test") if (table.split == s).any()]
-    logits = np.concatenate([predict(model, front, store.split(s, ctx.val_fraction, ctx.val_seed), device=device) for s in splits])
-    rows = table.take(np.concatenate([np.flatnonzero(table.split == s) for s in splits]))
+    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device)
     reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
     flat = log_reports(mlrun, reports, t.name)
     import ray
@@ -130,26 +126,25 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     }
 
 
-def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, checkpoint_dir: str | None = None) -> dict:
-    """Train, score and write one teacher. `report(metrics, state_dir)` is called after every epoch."""
+def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume: dict | None = None) -> dict:
+    """Train, score and write one teacher. `report(metrics, state)` is called after every epoch; `resume` is
+    the state of the last one after a restart."""
     start = time.perf_counter()
     store = WaveformStore(ctx.store)
     trainer = make_trainer(t, ctx, store)
     mlflow_run_id = None
-    if checkpoint_dir:
-        state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        mlflow_run_id = state.get("mlflow_run_id")
+    if resume:
+        trainer.load_state_dict(resume["trainer"])
+        mlflow_run_id = resume.get("mlflow_run_id")
         log.info("[%s] resumed from checkpoint after epoch %d", t.name, trainer.epoch)
     params = sum(p.numel() for p in trainer.model.parameters())
     with open_mlflow_run(t, ctx, params, mlflow_run_id) as mlrun:
 
         def on_epoch(result) -> None:
             mlrun.log_metrics(result.metrics, step=result.epoch)
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id}, Path(tmp) / "state.pt")
-                if report is not None:
-                    report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name}, tmp)
+            if report is not None:
+                report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name},
+                       {"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id})
             _fail_once_if_asked(t, ctx, result.epoch)
 
         trainer.fit(on_epoch)
@@ -160,22 +155,9 @@ def tune_trainable(config: dict) -> None:
     """Ray Tune function trainable: one teacher per trial, a checkpoint per epoch."""
     from ray import tune
 
-    t = TeacherConfig(**config["teacher"])
-    ctx = TeacherRunContext(**config["context"])
-    ckpt = tune.get_checkpoint()
+    from asc_dist.trial_state import report_epoch, resume_state
 
-    def report(metrics: dict, state_dir: str) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(state_dir))
-
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            local = tempfile.mkdtemp()
-            import shutil
-
-            shutil.copy(Path(d) / "state.pt", Path(local) / "state.pt")
-        summary = train_teacher(t, ctx, report, local)
-    else:
-        summary = train_teacher(t, ctx, report)
+    summary = train_teacher(TeacherConfig(**config["teacher"]), TeacherRunContext(**config["context"]), report_epoch, resume_state())
     tune.report({**summary, "finished": 1})
 
 

@@ -185,7 +185,8 @@ class Trainer:
         return metrics
 
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[dict[str, float]]:
-        torch.manual_seed(self.cfg.seed + self.epoch)
+        if self.epoch == 0:  # a resumed trainer keeps the RNG state restored by load_state_dict
+            torch.manual_seed(self.cfg.seed)
         start = time.perf_counter()
         first = self.epoch
         while self.epoch < self.cfg.epochs:

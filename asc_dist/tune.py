@@ -85,28 +85,17 @@ def _student(sweep: SweepConfig, trial: dict, parent_run_id: str | None, uri: st
 
 def sweep_trainable(config: dict) -> None:
     """One student training per trial; reports val_acc every epoch (ASHA's signal) with a checkpoint."""
-    import shutil
-    import tempfile
-
     from ray import tune
 
     from asc_dist.audio.store import WaveformStore
     from asc_dist.distill import train_student
+    from asc_dist.trial_state import report_epoch, resume_state
 
     sweep = SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
     cfg = _student(sweep, config["trial"], config["parent_run_id"], config["mlflow_uri"])
     store = WaveformStore(sweep.data.store)
 
-    def report(metrics: dict, state_dir: str) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(state_dir))
-
-    ckpt = tune.get_checkpoint()
-    local = None
-    if ckpt is not None:
-        local = tempfile.mkdtemp()
-        with ckpt.as_directory() as d:
-            shutil.copy(Path(d) / "state.pt", Path(local) / "state.pt")
-    result = train_student(cfg, report=report, checkpoint_dir=local, store=store)
+    result = train_student(cfg, report=report_epoch, resume=resume_state(), store=store)
     tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "finished": 1})
 
 
@@ -132,7 +121,6 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         log.info("sweep results in %s are up to date; nothing to run", results_file)
         return json.loads(results_file.read_text())["trials"]
     connect(sweep.address)
-    tracking.configure(uri)
     with tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=_sweep_params(sweep),
                       tags={"asc_dist.step": "sweep"}) as parent:
         rows = _tune(sweep, parent.run_id, uri)
@@ -216,6 +204,7 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
 
     from asc_dist.distill import build_student_model
     from asc_dist.qat import quantize_student
+    from asc_dist.trial_state import load_state
 
     if sweep.qat_epochs < 1:
         return
@@ -231,7 +220,7 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
         if best["checkpoint"]:
             state = torch.load(best["checkpoint"], map_location="cpu", weights_only=False)["model"]
         else:
-            state = torch.load(Path(best["tune_checkpoint"]) / "state.pt", map_location="cpu", weights_only=False)["trainer"]["model"]
+            state = load_state(best["tune_checkpoint"])["trainer"]["model"]
             log.warning("preset %s: every trial was stopped early; quantising %s from its epoch-%s checkpoint", preset, best["name"], best["epochs_run"])
         model.load_state_dict(state)
         with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
