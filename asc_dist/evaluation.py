@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from asc_dist.context import ContextSplit
 from asc_dist.data.table import ClipTable
 from asc_dist.metrics import Report, evaluate_predictions
 from asc_dist.train import predict
 from asc_dist.tracking import Run
 
 
-def score_splits(model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device) -> tuple[np.ndarray, ClipTable]:
-    """Logits of every clip of `splits` (those present), clean audio in eval mode, and their table rows."""
+def score_splits(
+    model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device, context_k: int = 1
+) -> tuple[np.ndarray, ClipTable]:
+    """Logits of every clip of `splits` (those present), clean audio in eval mode, and their table rows.
+
+    `context_k` > 1: each clip is scored through its context window (`asc_dist.context`), each distinct
+    window once, and the window's logits are stored for every clip it scores."""
     table = store.table(val_fraction, val_seed)
     present = [s for s in splits if (table.split == s).any()]
-    logits = np.concatenate([predict(model, front, store.split(s, val_fraction, val_seed), device=device) for s in present])
+
+    def split_logits(name: str) -> np.ndarray:
+        data = store.split(name, val_fraction, val_seed)
+        if context_k <= 1:
+            return predict(model, front, data, device=device)
+        windows = ContextSplit(data, context_k)
+        return predict(model, front, windows, batch_size=max(4, 128 // context_k), device=device)[windows.index.clip_window]
+
+    logits = np.concatenate([split_logits(s) for s in present])
     return logits, table.take(np.concatenate([np.flatnonzero(table.split == s) for s in present]))
 
 

@@ -39,6 +39,7 @@ class TeacherConfig:
     s_patchout_f: int = 0  # PaSST structured patchout (frequency)
     s_patchout_t: int = 0
     weights: str | None = None  # local checkpoint (PaSST: AudioSet or fine-tuned weights)
+    context_s: int = 1  # seconds of its own recording the teacher hears per clip (asc_dist.context); 1 = the clip
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,7 @@ import torch
 from asc_dist import tracking
 from asc_dist.audio.store import WaveformStore
 from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
+from asc_dist.context import context_parts, with_context
 from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.logits import write_teacher_logits
@@ -57,12 +58,20 @@ def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
     )
 
 
+def teacher_context_parts(t: TeacherConfig, store: WaveformStore) -> int:
+    return context_parts(t.context_s, int(store.manifest["samples"]), store.sample_rate)
+
+
 def build_model(t: TeacherConfig, n_classes: int) -> torch.nn.Module:
     from teachers.registry import build_teacher
 
     extra = {}
     if t.family == "passt":
         extra = {"s_patchout_f": t.s_patchout_f, "s_patchout_t": t.s_patchout_t}
+    if t.weights:
+        log.info("[%s] starts from weights %s", t.name, t.weights)
+    else:
+        log.info("[%s] starts from random initialisation (no weights file given)", t.name)
     return build_teacher(t.family, t.size, n_classes=n_classes, weights=t.weights, **extra)
 
 
@@ -80,9 +89,14 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
     world-th training clip (data-parallel workers), `wrap` wraps the model (e.g. DDP)."""
     torch.set_num_threads(max(1, ctx.threads))
     train, val = store.split("train", ctx.val_fraction, ctx.val_seed), store.split("val", ctx.val_fraction, ctx.val_seed)
+    k = teacher_context_parts(t, store)
+    train, val = with_context(train, k), with_context(val, k)
     if shard is not None:
         rank, world = shard
-        train = replace(train, table=train.table.take(slice(rank, None, world)), rows=train.rows[rank::world])
+        if k > 1:
+            train = train.shard(rank, world)
+        else:
+            train = replace(train, table=train.table.take(slice(rank, None, world)), rows=train.rows[rank::world])
     torch.manual_seed(t.seed)
     model = build_model(t, len(store.classes))
     front = LogMel(FRONT_ENDS[model.front_end])
@@ -107,9 +121,14 @@ def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resum
 
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
-    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device)
+    k = teacher_context_parts(t, store)
+    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k)
     reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
     flat = log_reports(mlrun, reports, t.name)
+    is_train = rows.split == "train"
+    train_acc = float((logits[is_train].argmax(1) == rows.label[is_train]).mean()) if is_train.any() else None
+    if train_acc is not None:
+        mlrun.log_metrics({"train_accuracy_clean": train_acc})
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
@@ -120,7 +139,8 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     mlrun.log_metrics({"wall_s": wall})
     return {
         "teacher": t.name, "family": t.family, "params": params, "node_id": node, "wall_s": wall,
-        "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
+        "context_s": t.context_s, "init": f"weights {Path(t.weights).name}" if t.weights else "scratch",
+        "train_acc": train_acc, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
         "unseen_acc": flat.get("test_unseen_accuracy"), "epochs_trained": len(history),
         "clips_per_s": float(np.mean([h["clips_per_s"] for h in history])) if history else None,
     }

@@ -39,6 +39,8 @@ class TeachersConfig:
     batch_size: int | None = None
     size: str | None = None
     passt_weights: str | None = None
+    weights: dict[str, str] | None = None  # family -> local checkpoint (--weights FAMILY=FILE)
+    context_s: int | None = None  # override every teacher's context (seconds of its recording)
     cpus_per_teacher: float = 1.0
     gpus_per_teacher: float = 0.0
     workers_per_teacher: int = 1
@@ -61,6 +63,8 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
             raise ConfigError(f"teacher {t.name}: weights file {t.weights} does not exist; give a local checkpoint path (nothing is downloaded)")
         if t.epochs < 1 or t.lr <= 0 or t.batch_size < 1:
             raise ConfigError(f"teacher {t.name}: epochs, lr and batch_size must be positive")
+        if not isinstance(t.context_s, int) or t.context_s < 1:
+            raise ConfigError(f"teacher {t.name}: context_s must be a whole number of seconds >= 1, got {t.context_s!r}")
     if dirs is None:
         off = [t.name for t in teachers if t.dir_p > 0]
         if off:
@@ -69,6 +73,24 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
     elif not Path(dirs).is_dir():
         raise ConfigError(f"--dirs {dirs} is not a folder of impulse-response wav files")
     return teachers
+
+
+def parse_weights(items: list[str] | None) -> dict[str, str]:
+    """`--weights FAMILY=FILE` (repeatable) -> {family: file}."""
+    from teachers.registry import TEACHER_FAMILIES
+
+    out = {}
+    for item in items or []:
+        family, sep, path = item.partition("=")
+        if not sep or family not in TEACHER_FAMILIES or not path:
+            raise ConfigError(f"--weights {item!r}: expected FAMILY=FILE with FAMILY one of {', '.join(TEACHER_FAMILIES)}")
+        out[family] = path
+    return out
+
+
+def with_weights(roster: list[TeacherConfig], weights: dict[str, str]) -> list[TeacherConfig]:
+    """Every teacher of a family named in `weights` starts from that local checkpoint."""
+    return [replace(t, weights=weights[t.family]) if t.family in weights else t for t in roster]
 
 
 def check_writable(run_dir: Path) -> None:
@@ -95,9 +117,9 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     """Train the teachers that are not done yet; return one summary row per teacher of the roster."""
     quiet_third_party()
     run_dir = Path(cfg.run_dir).resolve()
-    roster = take(load_roster(cfg.roster), cfg.n, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, size=cfg.size)
-    if cfg.passt_weights:
-        roster = [replace(t, weights=cfg.passt_weights) if t.family == "passt" else t for t in roster]
+    roster = take(load_roster(cfg.roster), cfg.n, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, size=cfg.size,
+                  context_s=cfg.context_s)
+    roster = with_weights(roster, {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})})
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
     roster = validate_teachers(roster, cfg.data.dirs)
@@ -178,7 +200,8 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     path = run_dir / MANIFEST
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
-    keys = ("teacher", "family", "params", "val_acc", "test_acc", "unseen_acc", "wall_s", "clips_per_s", "node_id", "epochs_trained")
+    keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
+            "clips_per_s", "node_id", "epochs_trained")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}
@@ -190,10 +213,11 @@ def format_summary(rows: list[dict]) -> str:
     def pct(x):
         return f"{100 * x:6.2f}" if isinstance(x, (int, float)) else "     -"
 
-    lines = [f"{'teacher':<20} {'family':<12} {'params':>10} {'val acc':>8} {'test acc':>8} {'unseen':>8} {'wall s':>8}"]
+    lines = [f"{'teacher':<20} {'family':<12} {'ctx s':>5} {'params':>10} {'train':>7} {'val acc':>8} {'test acc':>8} {'unseen':>8} {'wall s':>8}  init"]
     for r in rows:
         wall = f"{r['wall_s']:8.1f}" if isinstance(r.get("wall_s"), (int, float)) else "       -"
-        lines.append(f"{r['teacher']:<20} {r['family']:<12} {r['params']:>10,} {pct(r['val_acc']):>8} {pct(r['test_acc']):>8} {pct(r['unseen_acc']):>8} {wall}")
+        lines.append(f"{r['teacher']:<20} {r['family']:<12} {r.get('context_s') or 1:>5} {r['params']:>10,} {pct(r.get('train_acc')):>7} "
+                     f"{pct(r['val_acc']):>8} {pct(r['test_acc']):>8} {pct(r['unseen_acc']):>8} {wall}  {r.get('init') or '-'}")
     return "\n".join(lines)
 
 
@@ -209,7 +233,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="override every teacher's learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="override every teacher's batch size")
     p.add_argument("--size", default=None, help="override every teacher's size (e.g. tiny)")
-    p.add_argument("--passt-weights", default=None, help="local PaSST checkpoint (AudioSet or fine-tuned)")
+    p.add_argument("--passt-weights", default=None, help="local PaSST checkpoint (AudioSet or fine-tuned); = --weights passt=FILE")
+    p.add_argument("--weights", action="append", default=None, metavar="FAMILY=FILE",
+                   help="local checkpoint for every teacher of a family, e.g. mobilenetv2=mnv2.pt (repeatable; nothing is downloaded)")
+    p.add_argument("--context-s", type=int, default=None, help="override every teacher's context: seconds of its own recording (1 = the clip alone)")
     p.add_argument("--cpus-per-teacher", type=float, default=1.0)
     p.add_argument("--gpus-per-teacher", type=float, default=0.0, help="fractions allowed, e.g. 0.25")
     p.add_argument("--workers-per-teacher", type=int, default=1, help="W > 1: data-parallel (DDP) training per teacher")
@@ -231,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TeachersConfig(
         run_dir=args.out, data=data, n=args.n, roster=args.roster, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, size=args.size, passt_weights=args.passt_weights,
+        weights=parse_weights(args.weights), context_s=args.context_s,
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,

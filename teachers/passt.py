@@ -128,8 +128,16 @@ def load_weights(model: nn.Module, path: str, family: str) -> None:
     head_prefixes = tuple(getattr(model, "head_prefixes", ()))
     matched: dict[str, torch.Tensor] = {}
     dropped_head: list[str] = []
+    adapted: list[str] = []
     for key, value in state.items():
         name = _match_key(key, own)
+        if name in own and own[name].shape != value.shape and _rgb_stem(own[name], value):
+            # ImageNet/AudioSet CNNs (timm's MobileNetV2) take 3 channels; ours take one log-mel: timm folds the
+            # RGB kernels into one the way it does for in_chans=1 at load
+            from timm.models import adapt_input_conv
+
+            value = adapt_input_conv(own[name].shape[1], value)
+            adapted.append(name)
         if name in own and own[name].shape != value.shape:
             if name.startswith(head_prefixes):
                 dropped_head.append(name)
@@ -147,6 +155,8 @@ def load_weights(model: nn.Module, path: str, family: str) -> None:
     log.info("%s weights from %s: loaded %d of %d tensors", family, path, loaded, len(own))
     if dropped_head:
         log.info("%s: dropped classifier head (class count differs): %s", family, _short(dropped_head))
+    if adapted:
+        log.info("%s: 3-channel input convolution folded to one channel: %s", family, _short(adapted))
     if result.missing_keys:
         log.info("%s: missing (kept initialisation): %s", family, _short(result.missing_keys))
     if result.unexpected_keys:
@@ -164,6 +174,11 @@ def _unwrap(checkpoint: object, path: str, family: str) -> dict[str, torch.Tenso
             f"torch.save(model.state_dict(), path)"
         )
     return checkpoint
+
+
+def _rgb_stem(own: torch.Tensor, value: torch.Tensor) -> bool:
+    """A conv kernel that differs from ours only in its input channels (3 -> 1)."""
+    return own.dim() == 4 and value.dim() == 4 and own.shape[1] == 1 and value.shape[1] == 3 and own.shape[0] == value.shape[0] and own.shape[2:] == value.shape[2:]
 
 
 def _match_key(key: str, own: dict) -> str:

@@ -81,7 +81,7 @@ def synth_root(tmp_path_factory) -> Path:
     from asc_dist.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth") / "data"
-    generate(root, SynthConfig(clips_per_device=24, seed=7))
+    generate(root, SynthConfig(clips_per_device=24, seed=7, parts_per_segment=2))  # 2-s recordings keep the suite fast
     return root
 
 

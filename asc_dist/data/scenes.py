@@ -1,10 +1,19 @@
 """What a synthetic scene sounds like: class styles, their per-location perturbation, and the rendering.
 
-A scene is a mixture of a coloured noise bed, engine hum, amplitude modulation, reverberation and event
-textures (steps, voices, chimes, squeals, pass-bys, birds, clicks). Class parameters overlap (metro/tram,
-street_pedestrian/public_square, shopping_mall/airport) and every location draws its own perturbation of them,
-so generalising to unseen locations is the hard part, as in TAU. The signal helpers at the top are shared with
-`asc_dist.data.devices` and `asc_dist.data.synth`.
+A scene is a mixture of a coloured noise bed, engine hum, amplitude modulation, reverberation, event
+textures (steps, voices, chimes, squeals, pass-bys, birds, clicks) and a location's own background source.
+Evidence is built the way real scenes hold it, so that one second is often ambiguous and ten much less so:
+
+- the bed (colour, level, hum, modulation, room) is largely shared within a group of scenes (`GROUPS`:
+  indoor halls, vehicles, open spaces, streets; `class_style(bed_share=...)`), so it tells the group, and
+  the class only weakly;
+- what tells scenes of a group apart are their events, which are sparse (`rate_scale`: a signature event
+  every few seconds), so a 1-s clip often holds none of them;
+- every location perturbs its class's parameters and adds a background source of its own (a ventilation
+  drone, a fountain: band noise at a random centre and level, unrelated to the class), so generalising to
+  unseen locations is the hard part, as in TAU.
+
+The signal helpers at the top are shared with `asc_dist.data.devices` and `asc_dist.data.synth`.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class SceneStyle:
     wet: float
     snr_db: float  # event peak level over the bed
     rates: tuple[float, ...]  # per EVENTS entry
+    bg_hz: float = 1000.0  # the location's background source: centre frequency
+    bg_db: float = -200.0  # its RMS level relative to the bed (-200: none; locations draw their own)
+    bg_width_oct: float = 1.0
 
 
 def _style(*v: float) -> SceneStyle:
@@ -83,6 +95,33 @@ STYLES = {
     "street_pedestrian": _style(-4.5, 7000, -37, 50, -62, 0.30, .15, 0.30, .12, 7, 2.6, 2.0, .02, .05, .60, .15, .4),
     "street_traffic":    _style(-5.5, 5000, -34, 40, -48, 0.40, .45, 0.10, .05, 6, 0.3, 0.3, .00, .10, 1.4, .1, .2),
 }  # fmt: skip
+# Scenes whose bed (everything but the events) is largely shared: the group is easy, the class within it is not.
+GROUPS = {
+    "indoor": ("airport", "shopping_mall", "metro_station"),
+    "vehicle": ("bus", "metro", "tram"),
+    "open": ("park", "public_square"),
+    "street": ("street_pedestrian", "street_traffic"),
+}
+_LOG_FIELDS = ("lowpass_hz", "hum_hz", "am_hz", "rt60_s")  # blended on a log scale
+_BED_FIELDS = ("tilt_db_oct", "bed_db", "hum_db", "am_depth", "wet", "snr_db", *_LOG_FIELDS)
+
+
+def class_style(scene: str, bed_share: float = 0.0, rate_scale: float = 1.0) -> SceneStyle:
+    """A scene's class parameters with its bed moved `bed_share` of the way to its group's mean bed, and its
+    event rates scaled by `rate_scale` (bed_share 0, rate_scale 1: the scene's own style unchanged)."""
+    style = STYLES[scene]
+    group = next(members for members in GROUPS.values() if scene in members)
+    changes = {}
+    for name in _BED_FIELDS:
+        values = np.array([getattr(STYLES[m], name) for m in group], dtype=float)
+        if name in _LOG_FIELDS:
+            mean = float(np.exp(np.log(values).mean()))
+            changes[name] = float(np.exp((1 - bed_share) * np.log(getattr(style, name)) + bed_share * np.log(mean)))
+        else:
+            changes[name] = float((1 - bed_share) * getattr(style, name) + bed_share * values.mean())
+    return replace(style, **changes, rates=tuple(r * rate_scale for r in style.rates))
+
+
 EVENT_OFFSET_DB = {"steps": 4, "voice": -2, "chime": -2, "squeal": -6, "pass": 0, "bird": -4, "click": 2}
 EVENT_SECONDS = {"steps": 0.08, "voice": 0.6, "chime": 0.8, "squeal": 0.8, "pass": 1.5, "bird": 0.15, "click": 0.01}
 
@@ -104,6 +143,9 @@ def perturb_style(style: SceneStyle, rng: np.random.Generator, spread: float) ->
         wet=float(np.clip(style.wet + n(0.07), 0.0, 0.9)),
         snr_db=style.snr_db + n(2.0),
         rates=tuple(r * octave(0.35) for r in style.rates),
+        bg_hz=float(np.exp(rng.uniform(np.log(80.0), np.log(4000.0)))),
+        bg_db=float(rng.uniform(-15.0, 0.0)) if spread > 0 else style.bg_db,
+        bg_width_oct=float(rng.uniform(0.3, 1.5)),
     )
 
 
@@ -194,4 +236,8 @@ def render_scene(style: SceneStyle, n: int, sr: int, rng: np.random.Generator) -
     tail = np.arange(round(min(style.rt60_s, 1.5) * sr)) / sr
     room = rng.standard_normal(len(tail)) * np.exp(-6.91 * tail / style.rt60_s)
     events = (1 - style.wet) * events + style.wet * _fftconv(events, room / np.linalg.norm(room))
+    if style.bg_db > -100:
+        bg = _band_noise(rng, 1, n, sr, np.array([style.bg_hz]), style.bg_width_oct)[0]
+        bg *= _db(style.bed_db + style.bg_db) / (np.sqrt(np.mean(bg**2)) + 1e-12)
+        bed = bed + bg
     return bed + hum + events

@@ -1,23 +1,27 @@
 """A synthetic look-alike of TAU Urban Acoustic Scenes 2022 Mobile, generated in seconds.
 
-Why: tests, demos and CI need data with the real layout, scenes that are learnable but not trivially so,
-and a measurable device shift, without a 30 GB download. What mirrors TAU22 Mobile:
+Why: tests, demos and CI need data with the real layout, scenes where model capacity and temporal context
+matter as they do in real recordings, and a measurable device shift, without a 30 GB download. What mirrors
+TAU22 Mobile:
 
 - 10 scenes recorded at locations in cities; `fold1_train` / `fold1_evaluate` split by location.
-- A segment (`parts_per_segment` consecutive 1-s parts) is captured by several devices at once: the same
-  scene audio rendered through each device, named `scene-city-location-segment-part-device.wav`.
-- Each scene (`asc_dist.data.scenes`) mixes a coloured noise bed, engine hum, modulation, reverberation and
-  event textures; class parameters overlap and every location perturbs them, so generalising to unseen
-  locations is the hard part, as in TAU.
+- A recording (segment) is `parts_per_segment` = 10 consecutive 1-s parts, captured by several devices at
+  once: the same scene audio rendered through each device, named `scene-city-location-segment-part-device.wav`.
+- Scene evidence (`asc_dist.data.scenes`) is sparse in time and partly shared between classes: the bed tells
+  a group of scenes apart, the class within the group shows in events every few seconds, and every location
+  adds its own background. One second is often ambiguous, ten seconds much less so.
 - Devices (`asc_dist.data.devices`) are simulated the way TAU's s1-s6 were: impulse response (MicIRP files
   from `dirs`, else generated), gain, compression and self-noise. `a` is the clean reference; b, c, s1-s3
   occur in both splits, s4-s6 only in fold1_evaluate and are drawn harsher, so a model trained on the
-  others loses accuracy.
+  others loses accuracy. With `dirs`, the files that simulate s4-s6 are recorded in synth.json
+  (`unseen_device_irs`) so that a DIR bank built from the same folder leaves them out.
 
-Differences from TAU, on purpose: train devices are balanced (each train segment goes to the
-`devices_per_train_segment` least-used seen devices; TAU22 has 10k clips of `a` and 750 of each other) and
-every evaluate segment is rendered on all nine devices, so per-device accuracy gaps come from the device alone.
-Default size: 200 train clips per seen device (1200) + 100 evaluate clips per device (900), 2100 clips.
+Device mix: `balanced` (default) gives every seen device the same number of train clips (each train segment
+goes to the `devices_per_train_segment` least-used seen devices); `tau` records every train segment on `a`
+and on one other seen device for 39 % of segments, so that `a` holds 72 % of the train clips as in TAU22 (DIR
+augments `a` only). Every evaluate segment is rendered on all nine devices, so per-device accuracy gaps come
+from the device alone. Default size: 400 train clips per seen device on average (2,400) + 300 evaluate
+clips per device (2,700): 5,100 clips; 80 train and 30 evaluate segments, 240 + 270 recordings.
 
 This module holds the config, the plan of cities, locations and segments, and the writing of the files.
 """
@@ -40,7 +44,7 @@ import soundfile as sf
 from asc_dist.atomic import atomic_path
 from asc_dist.data.devices import DEVICES, SEEN_DEVICES, SEVERITY, UNSEEN_DEVICES, DeviceSpec, device_specs, load_irs
 from asc_dist.data.scenes import (EVENT_OFFSET_DB, EVENT_SECONDS, EVENTS, SCENES, STYLES, SceneStyle, _rng,
-                                  perturb_style, render_scene)  # fmt: skip
+                                  class_style, perturb_style, render_scene)  # fmt: skip
 from asc_dist.errors import ConfigError
 
 __all__ = [
@@ -53,20 +57,26 @@ log = logging.getLogger(__name__)
 
 CITIES = ("barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "vienna")
 SUBTYPES = {"PCM_16": 2**15 - 1, "PCM_24": 2**23 - 1}
+DEVICE_MIXES = ("balanced", "tau")
+TAU_EXTRA_DEVICE_P = 0.39  # a train segment also on one other seen device: a's share 1 / 1.39 = 72 %
 
 
 @dataclass
 class SynthConfig:
     """What to generate. `clips_per_device` counts fold1_train clips of each seen device (a, b, c, s1-s3)."""
 
-    clips_per_device: int = 200
+    clips_per_device: int = 400
     seed: int = 0
     sample_rate: int = 44100
     duration_s: float = 1.0
     dirs: str | None = None  # folder of device impulse responses (*.wav); None: generated responses
-    test_clips_per_device: int | None = None  # fold1_evaluate clips per device (all nine); None: half of train
-    parts_per_segment: int = 2
-    devices_per_train_segment: int = 3
+    test_clips_per_device: int | None = None  # fold1_evaluate clips per device (all nine); None: 3/4 of train
+    parts_per_segment: int = 10  # 1-s parts per recording, as in TAU22
+    devices_per_train_segment: int = 3  # balanced mix only
+    devices_per_test_segment: int = 3  # of all nine, balanced; 9 = every evaluate segment on every device
+    device_mix: str = "balanced"  # or "tau": device a holds 72 % of the train clips
+    bed_share: float = 0.7  # how far each scene's bed moves to its group's mean (0: own bed, 1: group bed)
+    event_rate_scale: float = 0.35  # scales every event rate (lower: sparser evidence per second)
     locations_per_scene: int = 12
     test_location_fraction: float = 0.34
     location_spread: float = 1.0  # scales per-location perturbation of the class parameters (difficulty)
@@ -74,7 +84,7 @@ class SynthConfig:
 
     @property
     def n_test_clips(self) -> int:
-        return self.test_clips_per_device if self.test_clips_per_device is not None else max(1, self.clips_per_device // 2)
+        return self.test_clips_per_device if self.test_clips_per_device is not None else max(1, round(0.75 * self.clips_per_device))
 
     @property
     def clip_samples(self) -> int:
@@ -89,9 +99,13 @@ class SynthConfig:
             (0.1 <= self.duration_s <= 30, "duration_s must be in 0.1..30 s"),
             (self.parts_per_segment >= 1, "parts_per_segment must be >= 1"),
             (1 <= self.devices_per_train_segment <= len(SEEN_DEVICES), "devices_per_train_segment must be in 1..6"),
+            (1 <= self.devices_per_test_segment <= len(DEVICES), "devices_per_test_segment must be in 1..9"),
             (self.locations_per_scene >= 3, "locations_per_scene must be >= 3 (two train, one test)"),
             (0 < self.test_location_fraction < 1, "test_location_fraction must be in (0, 1)"),
             (self.location_spread >= 0, "location_spread must be >= 0"),
+            (self.device_mix in DEVICE_MIXES, f"device_mix must be one of {', '.join(DEVICE_MIXES)}"),
+            (0 <= self.bed_share <= 1, "bed_share must be in [0, 1]"),
+            (self.event_rate_scale > 0, "event_rate_scale must be > 0"),
             (self.subtype in SUBTYPES, f"subtype must be one of {sorted(SUBTYPES)}"),
         ]
         for ok, message in checks:
@@ -129,14 +143,18 @@ class Segment:
 def plan(cfg: SynthConfig) -> list[Segment]:
     """Locations per scene (split by location), segments per scene and split, devices per segment.
 
-    Train segments go to the `devices_per_train_segment` seen devices used least so far (ties broken at
-    random), so every seen device gets at least `clips_per_device` train clips and at most one segment more.
+    Balanced mix: train segments go to the `devices_per_train_segment` seen devices used least so far (ties
+    broken at random), so every seen device gets at least `clips_per_device` train clips and at most one
+    segment more. TAU mix: every train segment is on `a`, and with probability 0.39 also on the least-used
+    other seen device; the train total stays about 6 x `clips_per_device`.
     """
     rng = _rng(cfg.seed, 0)
     n_loc, k, parts = cfg.locations_per_scene, cfg.devices_per_train_segment, cfg.parts_per_segment
     n_test_loc = min(n_loc - 2, max(1, round(n_loc * cfg.test_location_fraction)))
-    n_train_seg = math.ceil(math.ceil(cfg.clips_per_device / parts) * len(SEEN_DEVICES) / k)
-    n_test_seg = math.ceil(cfg.n_test_clips / parts)
+    per_segment = k if cfg.device_mix == "balanced" else 1 + TAU_EXTRA_DEVICE_P
+    n_train_seg = math.ceil(math.ceil(cfg.clips_per_device / parts) * len(SEEN_DEVICES) / per_segment)
+    n_test_seg = math.ceil(math.ceil(cfg.n_test_clips / parts) * len(DEVICES) / cfg.devices_per_test_segment)
+    used_test = np.zeros(len(DEVICES), dtype=int)
     per_scene = {"train": math.ceil(n_train_seg / len(SCENES)), "test": math.ceil(n_test_seg / len(SCENES))}
     n_seg = len(SCENES) * sum(per_scene.values())
     loc_ids = rng.choice(np.arange(100, 100 + max(1000, 4 * n_loc * len(SCENES))), n_loc * len(SCENES), replace=False)
@@ -153,11 +171,20 @@ def plan(cfg: SynthConfig) -> list[Segment]:
         for split in ("train", "test"):
             pool = [loc for loc in locs if loc.split == split]
             for j in range(per_scene[split]):
-                devices = DEVICES
-                if split == "train":
+                if split == "test":
+                    chosen = np.sort(np.lexsort((rng.random(len(used_test)), used_test))[: cfg.devices_per_test_segment])
+                    used_test[chosen] += 1
+                    devices = tuple(DEVICES[d] for d in chosen)
+                elif cfg.device_mix == "balanced":
                     chosen = np.sort(np.lexsort((rng.random(len(used)), used))[:k])
                     used[chosen] += 1
                     devices = tuple(SEEN_DEVICES[d] for d in chosen)
+                else:
+                    devices = ("a",)
+                    if rng.random() < TAU_EXTRA_DEVICE_P:
+                        other = 1 + int(np.lexsort((rng.random(len(used) - 1), used[1:]))[0])
+                        used[other] += 1
+                        devices = ("a", SEEN_DEVICES[other])
                 segments.append(Segment(pool[j % len(pool)], int(seg_ids[len(segments)]), devices, len(segments)))
     return segments
 
@@ -233,7 +260,8 @@ def generate(
         for done, seg in enumerate(segments, start=1):
             loc = seg.location
             if loc.index not in styles:
-                styles[loc.index] = perturb_style(STYLES[loc.scene], _rng(cfg.seed, 1, loc.index), cfg.location_spread)
+                base = class_style(loc.scene, cfg.bed_share, cfg.event_rate_scale)
+                styles[loc.index] = perturb_style(base, _rng(cfg.seed, 1, loc.index), cfg.location_spread)
             scene = render_scene(styles[loc.index], n_clip * parts, sr, _rng(cfg.seed, 2, seg.index))
             for dev in seg.devices:
                 y = devices[dev].apply(scene, sr, _rng(cfg.seed, 5, seg.index, DEVICES.index(dev)))
@@ -253,8 +281,12 @@ def generate(
         _write_tsv(tmp / "evaluation_setup" / "fold1_train.csv", ("filename", "scene_label"), fold("train"))
         _write_tsv(tmp / "evaluation_setup" / "fold1_evaluate.csv", ("filename", "scene_label"), fold("test"))
         _write_tsv(tmp / "evaluation_setup" / "fold1_test.csv", ("filename",), [(f,) for f, _ in fold("test")])
+        held_out = sorted({devices[d].source for d in UNSEEN_DEVICES if cfg.dirs})
+        if held_out:
+            log.info("synth: impulse responses of the unseen devices, left out of any DIR bank: %s", ", ".join(held_out))
         info = {"generator": "asc_dist.data.synth", "config": asdict(cfg),
-                "devices": {name: spec.describe() for name, spec in devices.items()}}  # fmt: skip
+                "devices": {name: spec.describe() for name, spec in devices.items()},
+                "unseen_device_irs": held_out}  # fmt: skip
         (tmp / "synth.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     if peak > 1.0:
         log.warning("synth: peak %.2f > 1, some samples were clipped", peak)
