@@ -20,7 +20,8 @@ import torch
 from asc_dist import tracking
 from asc_dist.atomic import atomic_path, write_text_atomic
 from asc_dist.audio.store import WaveformStore
-from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
+from asc_dist.augment import AugmentConfig, build_augmentations
+from asc_dist.dir_bank import load_bank, resolve_tau
 from asc_dist.errors import ConfigError, LogitsError
 from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
@@ -40,14 +41,16 @@ class StudentConfig:
     model: str = "dsflexinet"
     preset: str = "sm2"
     norm: str = "rn"  # Residual Normalization or plain BN (DS-FlexiNet)
-    targets: str = "fused"  # fused | average | none (plain cross-entropy)
+    targets: str = "fused"  # fused | average | none (plain cross-entropy) | teacher:NAME (one teacher's logits)
     kd_lambda: float = 0.02  # weight of the label loss (CP-JKU recipe)
     temperature: float = 2.0
     kd_reduction: str = "cpjku"
     fms_p: float = 0.4
     fms_alpha: float = 0.3
-    adir_tau: float | None = None  # Auto-DIR threshold (seed 000: 323); None = off
-    adir_p: float = 0.0
+    # The paper's recipe by default: Auto-DIR p 0.6 with tau "auto" (the mean energy of the device-a training
+    # clips, asc_dist.dir_bank; the paper's 323 is that mean on raw TAU22), over --dirs or generated responses
+    adir_tau: float | str | None = "auto"  # a number, "auto", or None = Auto-DIR off
+    adir_p: float = 0.6
     dir_p: float = 0.0  # plain DIR on device-a clips (exclusive with Auto-DIR)
     roll_s: float = 0.125
     freqm: int = 48
@@ -72,17 +75,20 @@ class StudentConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        kd = "ce" if self.targets == "none" else f"{self.targets}-l{self.kd_lambda:g}-T{self.temperature:g}"
+        kd = "ce" if self.targets == "none" else f"{self.targets.replace(':', '-')}-l{self.kd_lambda:g}-T{self.temperature:g}"
         return f"{self.model}-{self.preset}-{self.norm}-{kd}-s{self.seed}"
 
     @property
     def out_dir(self) -> Path:
         return Path(self.run_dir) / "students" / self.run_name
 
-    def augment(self) -> AugmentConfig:
+    def augment(self, tau: float | None = None) -> AugmentConfig:
+        """The augmentation config; `tau` is the resolved Auto-DIR threshold (a placeholder until the data is read)."""
+        if tau is None:
+            tau = float(self.adir_tau) if isinstance(self.adir_tau, (int, float)) else 323.0
         return AugmentConfig(
             dir_p=self.dir_p, adir_p=self.adir_p if self.adir_tau is not None else 0.0,
-            adir_tau=self.adir_tau if self.adir_tau is not None else 323.0,
+            adir_tau=tau,
             roll_max_s=self.roll_s, stretch_p=self.stretch_p, mixup_alpha=self.mixup_alpha,
             freqm=self.freqm, timem=self.timem, fms_p=self.fms_p, fms_alpha=self.fms_alpha,
         )
@@ -92,14 +98,14 @@ class StudentConfig:
 
         if self.preset not in student_presets(self.model):  # unknown model raises inside
             raise ConfigError(f"unknown preset {self.preset!r} for {self.model}; choose one of {', '.join(student_presets(self.model))}")
-        if self.targets not in TARGET_KINDS:
+        if self.targets not in TARGET_KINDS and not self.targets.startswith("teacher:"):
             raise ConfigError(f"--targets {self.targets!r} is unknown; choose one of {', '.join(TARGET_KINDS)}")
         if self.norm not in ("rn", "bn"):
             raise ConfigError(f"--norm {self.norm!r} is unknown; choose rn (Residual Normalization) or bn")
         validate_kd(self.kd_lambda, self.temperature, self.kd_reduction)
-        aug = self.augment()
-        if aug.needs_impulse_responses and not self.data.dirs:
-            raise ConfigError("DIR/Auto-DIR needs impulse responses: pass --dirs IR_DIR (e.g. ../shared/data/micirp)")
+        if isinstance(self.adir_tau, str) and self.adir_tau != "auto":
+            raise ConfigError(f"Auto-DIR tau {self.adir_tau!r} is neither a number nor 'auto'")
+        self.augment()  # probabilities and ranges; DIR without --dirs uses generated responses (asc_dist.dir_bank)
         if self.epochs < 0 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ConfigError("epochs and qat epochs must be >= 0, lr > 0 and batch size >= 1")
 
@@ -117,6 +123,15 @@ def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarra
     """Teacher logits [N_train, C] in the order of `filenames`; every training clip must have one."""
     if cfg.targets == "none":
         return None
+    if cfg.targets.startswith("teacher:"):  # one teacher's own logits (the study's "best single teacher" row)
+        from asc_dist.logits import load_teachers
+
+        one = load_teachers(cfg.run_dir, [cfg.targets.split(":", 1)[1]])
+        lookup = {f: i for i, f in enumerate(one.filenames)}
+        missing = [f for f in filenames if f not in lookup]
+        if missing:
+            raise LogitsError(f"teacher {cfg.targets} has no logits for {len(missing)} training clips (first: {missing[0]}); re-run the teachers")
+        return one.logits[0][np.array([lookup[f] for f in filenames])].astype(np.float32)
     path = targets_path(cfg.run_dir)
     if not path.is_file():
         raise LogitsError(f"{path} does not exist; run `python -m asc_dist.fusion --run {cfg.run_dir}` first, or pass --targets none")
@@ -149,7 +164,11 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
     d = cfg.data
     train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
     aug = cfg.augment()
-    bank = ImpulseResponseBank.load(d.dirs, store.sample_rate) if aug.needs_impulse_responses else None
+    bank = None
+    if aug.needs_impulse_responses:
+        bank = load_bank(d.dirs, store.sample_rate, store.manifest.get("source"))
+        if aug.adir_p > 0:
+            aug = cfg.augment(resolve_tau(cfg.adir_tau, train, store.sample_rate))
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
     teacher = train_targets(cfg, store, train.table.filename)
     trainer = Trainer(
@@ -212,7 +231,8 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
             "name": cfg.run_name, "model": cfg.model, "preset": cfg.preset, "norm": cfg.norm, "targets": cfg.targets,
             "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "params": cx.params, "macs": cx.macs,
             "int8_kb": cx.int8_bytes / 1000, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
-            "unseen_acc": flat.get("test_unseen_accuracy"), "test_per_device": reports["test"].per_device if "test" in reports else {},
+            "unseen_acc": flat.get("test_unseen_accuracy"), "seen_acc": flat.get("test_seen_accuracy"),
+            "test_log_loss": flat.get("test_log_loss"), "test_per_device": reports["test"].per_device if "test" in reports else {},
             "checkpoint": str(out / "model.pt"), "mlflow_run_id": mlrun.run_id, "wall_s": time.perf_counter() - start,
             "clips_per_s": float(np.mean([h["clips_per_s"] for h in trainer.history])) if trainer.history else None,
             "data_wait_share": float(np.mean([h["data_wait_share"] for h in trainer.history])) if trainer.history else None,

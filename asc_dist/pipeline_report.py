@@ -28,14 +28,37 @@ def _data_section(store) -> list[str]:
 
 
 def _teachers_section(run_dir: Path) -> list[str]:
+    """Every teacher with its context, where it started from, and train next to val and test accuracy, so an
+    underfitting teacher (train accuracy near val) shows at a glance; then the margin over the students."""
     path = run_dir / "teachers.json"
     if not path.is_file():
         return []
-    rows = json.loads(path.read_text())["teachers"].values()
-    lines = ["## Teachers", "", "| teacher | family | params | val acc | test acc | unseen acc | wall s |", "|---|---|---|---|---|---|---|"]
+    rows = list(json.loads(path.read_text())["teachers"].values())
+    lines = ["## Teachers", "", "| teacher | family | context s | init | params | train acc | val acc | test acc | unseen acc | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['teacher']} | {r['family']} | {r['params']:,} | {_pct(r['val_acc'])} | {_pct(r['test_acc'])} | {_pct(r['unseen_acc'])} | {r['wall_s']:.0f} |")
+        wall = f"{r['wall_s']:.0f}" if isinstance(r.get("wall_s"), (int, float)) else "-"
+        lines.append(f"| {r['teacher']} | {r['family']} | {r.get('context_s') or 1} | {r.get('init') or '-'} | {r.get('params') or 0:,} | "
+                     f"{_pct(r.get('train_acc'))} | {_pct(r.get('val_acc'))} | {_pct(r.get('test_acc'))} | {_pct(r.get('unseen_acc'))} | {wall} |")
+    lines += ["", _margin_sentence(rows, run_dir)]
     return lines
+
+
+def _margin_sentence(teachers: list[dict], run_dir: Path) -> str:
+    """Distillation needs teachers well above their students: say by how much, and when it is not enough."""
+    sweep = run_dir / "sweep" / "results.json"
+    students = json.loads(sweep.read_text())["trials"] if sweep.is_file() else []
+    best_t = max((r for r in teachers if isinstance(r.get("test_acc"), (int, float))), key=lambda r: r["test_acc"], default=None)
+    best_s = max((r for r in students if isinstance(r.get("test_acc"), (int, float))), key=lambda r: r["test_acc"], default=None)
+    if best_t is None or best_s is None:
+        return "Teacher-student margin: not available yet (no scored teacher or student)."
+    margin = 100 * (best_t["test_acc"] - best_s["test_acc"])
+    text = (f"Best teacher {best_t['teacher']} {_pct(best_t['test_acc'])} % vs best student {best_s.get('name', '?')} "
+            f"{_pct(best_s['test_acc'])} % on test: a margin of {margin:.1f} points.")
+    if margin < 10:
+        text += (" That is under the 10 points distillation needs to help reliably: this profile's budget buys too little "
+                 "teacher training (more teacher epochs, context teachers or pretrained weights widen it).")
+    return text
 
 
 def _fusion_section(run_dir: Path) -> list[str]:

@@ -23,6 +23,18 @@ def _pair(text: str, flag: str) -> tuple[float, float]:
         raise ConfigError(f"{flag} takes two numbers separated by a comma, got {text!r}") from None
 
 
+def _adir(text: str | None, dir_p: float) -> tuple[float | str | None, float]:
+    """--adir TAU,P | auto,P | off -> (tau, p); by default Auto-DIR (auto, 0.6) unless plain DIR is asked for."""
+    if text is None:
+        return (None, 0.0) if dir_p > 0 else ("auto", 0.6)
+    if text == "off":
+        return None, 0.0
+    tau, _, p = text.partition(",")
+    if tau == "auto":
+        return "auto", _pair(f"0,{p or 0.6}", "--adir")[1]
+    return _pair(text, "--adir")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asc_dist.students", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dsflexinet", help="dsflexinet | serfr | sp4sc")
@@ -36,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-reduction", default="cpjku", choices=("cpjku", "batchmean"))
     p.add_argument("--norm", default="rn", help="rn (Residual Normalization) | bn")
     p.add_argument("--fms", default="0.4,0.3", help="Freq-MixStyle P,ALPHA (0,0.3 = off)")
-    p.add_argument("--adir", default=None, help="Auto-DIR TAU,P (seed 000: 323,0.6); needs --dirs")
-    p.add_argument("--dir", type=float, default=0.0, dest="dir_p", help="plain DIR probability on device-a clips; needs --dirs")
-    p.add_argument("--dirs", default=None, help="folder of device impulse responses (*.wav)")
+    p.add_argument("--adir", default=None, help="Auto-DIR TAU,P (default auto,0.6: tau = mean energy of the device-a training "
+                   "clips; raw TAU22: 323,0.6); 'off' turns it off")
+    p.add_argument("--dir", type=float, default=0.0, dest="dir_p", help="plain DIR probability on device-a clips (replaces Auto-DIR)")
+    p.add_argument("--dirs", default=None, help="folder of device impulse responses (*.wav); default: generated responses")
     p.add_argument("--roll", type=float, default=0.125, help="max circular time shift, seconds")
     p.add_argument("--freqm", type=int, default=48)
     p.add_argument("--timem", type=int, default=0)
@@ -61,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudentConfig:
     fms_p, fms_alpha = _pair(args.fms, "--fms")
-    adir_tau, adir_p = _pair(args.adir, "--adir") if args.adir else (None, 0.0)
+    adir_tau, adir_p = _adir(args.adir, args.dir_p)
     return StudentConfig(
         run_dir=args.run, data=DataConfig(root=args.data, store=args.store, val_fraction=args.val_fraction, dirs=args.dirs),
         model=args.model, preset=args.preset, norm=args.norm, targets=args.targets, kd_lambda=args.kd_lambda,

@@ -17,8 +17,9 @@ import torch
 
 from asc_dist import tracking
 from asc_dist.audio.store import WaveformStore
-from asc_dist.augment import AugmentConfig, ImpulseResponseBank, build_augmentations
+from asc_dist.augment import AugmentConfig, build_augmentations
 from asc_dist.context import context_parts, with_context
+from asc_dist.dir_bank import load_bank
 from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.logits import write_teacher_logits
@@ -101,7 +102,7 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
     model = build_model(t, len(store.classes))
     front = LogMel(FRONT_ENDS[model.front_end])
     aug = augment_config(t, store.sample_rate)
-    bank = ImpulseResponseBank.load(ctx.dirs, store.sample_rate) if aug.needs_impulse_responses else None
+    bank = load_bank(ctx.dirs, store.sample_rate, store.manifest.get("source")) if aug.needs_impulse_responses else None
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
     if wrap is not None:
         model = wrap(model)

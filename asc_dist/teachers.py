@@ -66,10 +66,9 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
         if not isinstance(t.context_s, int) or t.context_s < 1:
             raise ConfigError(f"teacher {t.name}: context_s must be a whole number of seconds >= 1, got {t.context_s!r}")
     if dirs is None:
-        off = [t.name for t in teachers if t.dir_p > 0]
-        if off:
-            log.warning("DIR augmentation off for %s: no --dirs given (e.g. --dirs ../shared/data/micirp)", ", ".join(off))
-        teachers = [replace(t, dir_p=0.0) for t in teachers]
+        uses = [t.name for t in teachers if t.dir_p > 0]
+        if uses:
+            log.info("DIR for %s uses generated device responses (no --dirs given; e.g. --dirs ../shared/data/micirp)", ", ".join(uses))
     elif not Path(dirs).is_dir():
         raise ConfigError(f"--dirs {dirs} is not a folder of impulse-response wav files")
     return teachers

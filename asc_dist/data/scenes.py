@@ -106,9 +106,9 @@ _LOG_FIELDS = ("lowpass_hz", "hum_hz", "am_hz", "rt60_s")  # blended on a log sc
 _BED_FIELDS = ("tilt_db_oct", "bed_db", "hum_db", "am_depth", "wet", "snr_db", *_LOG_FIELDS)
 
 
-def class_style(scene: str, bed_share: float = 0.0, rate_scale: float = 1.0) -> SceneStyle:
-    """A scene's class parameters with its bed moved `bed_share` of the way to its group's mean bed, and its
-    event rates scaled by `rate_scale` (bed_share 0, rate_scale 1: the scene's own style unchanged)."""
+def class_style(scene: str, bed_share: float = 0.0, rate_scale: float = 1.0, event_gain_db: float = 0.0) -> SceneStyle:
+    """A scene's class parameters with its bed moved `bed_share` of the way to its group's mean bed, its event
+    rates scaled by `rate_scale` and its events `event_gain_db` louder (0, 1, 0: the scene's own style)."""
     style = STYLES[scene]
     group = next(members for members in GROUPS.values() if scene in members)
     changes = {}
@@ -119,6 +119,7 @@ def class_style(scene: str, bed_share: float = 0.0, rate_scale: float = 1.0) -> 
             changes[name] = float(np.exp((1 - bed_share) * np.log(getattr(style, name)) + bed_share * np.log(mean)))
         else:
             changes[name] = float((1 - bed_share) * getattr(style, name) + bed_share * values.mean())
+    changes["snr_db"] += event_gain_db
     return replace(style, **changes, rates=tuple(r * rate_scale for r in style.rates))
 
 

@@ -77,6 +77,7 @@ class SynthConfig:
     device_mix: str = "balanced"  # or "tau": device a holds 72 % of the train clips
     bed_share: float = 0.7  # how far each scene's bed moves to its group's mean (0: own bed, 1: group bed)
     event_rate_scale: float = 0.35  # scales every event rate (lower: sparser evidence per second)
+    event_gain_db: float = 0.0  # raises every event over the bed (rarer but clearer events: context matters more)
     locations_per_scene: int = 12
     test_location_fraction: float = 0.34
     location_spread: float = 1.0  # scales per-location perturbation of the class parameters (difficulty)
@@ -260,7 +261,7 @@ def generate(
         for done, seg in enumerate(segments, start=1):
             loc = seg.location
             if loc.index not in styles:
-                base = class_style(loc.scene, cfg.bed_share, cfg.event_rate_scale)
+                base = class_style(loc.scene, cfg.bed_share, cfg.event_rate_scale, cfg.event_gain_db)
                 styles[loc.index] = perturb_style(base, _rng(cfg.seed, 1, loc.index), cfg.location_spread)
             scene = render_scene(styles[loc.index], n_clip * parts, sr, _rng(cfg.seed, 2, seg.index))
             for dev in seg.devices:

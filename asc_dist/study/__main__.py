@@ -1,0 +1,199 @@
+"""`python -m asc_dist.study --run RUN [--seeds 3] [--epochs N]`: the seed paper's tables, honestly, on your data.
+
+Needs a run with teachers and fused targets (the pipeline or the teachers + fusion steps). Trains every row of
+Tables IV, V and II (`asc_dist.study.plan`) for every seed with the same training code as the sweep
+(`asc_dist.distill.train_student`), as Ray tasks on the local machine or a cluster, and writes RUN/study.md,
+RUN/study.json and one figure per table. MLflow: experiment "study", one parent run per table, a child run per
+trained student. Resumable: each finished student's result is kept in RUN/study/results/, and a rerun trains
+only what is missing. On TAU22 use `--profile full` on GPUs (150 epochs; see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from asc_dist.atomic import write_text_atomic
+from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.errors import ConfigError
+from asc_dist.prepare import DataConfig
+from asc_dist.study.plan import PROFILES, Row, best_single_teacher, rows
+
+log = logging.getLogger("asc_dist.study")
+
+
+@dataclass
+class StudyConfig:
+    run_dir: str
+    profile: str = "study"
+    seeds: int | None = None  # number of seeds (0..n-1); default: the profile's
+    epochs: int | None = None
+    tables: tuple[str, ...] | None = None
+    data: DataConfig = DataConfig()
+    mlflow_uri: str | None = None
+    address: str | None = None
+    experiment: str = "study"
+
+
+def _job_id(row: Row, seed: int, epochs: int, qat: int) -> str:
+    return hashlib.sha256(json.dumps([row.key, seed, epochs, qat]).encode()).hexdigest()[:12]
+
+
+def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: str | None):
+    from asc_dist.distill import StudentConfig
+
+    changes = dict(row.changes)
+    qat = profile.qat_epochs if changes.pop("qat", False) else 0
+    fields = {**profile.recipe, **changes}
+    name = f"study-{_job_id(row, seed, profile.epochs, qat)}"
+    return StudentConfig(run_dir=cfg.run_dir, data=cfg.data, **fields, epochs=profile.epochs, qat_epochs=qat, seed=seed,
+                         name=name, experiment=cfg.experiment, mlflow_uri=uri, parent_run_id=parent, threads=1,
+                         device="cpu" if qat else "auto")  # fmt: skip
+
+
+def run_study(cfg: StudyConfig) -> dict:
+    import ray
+
+    from asc_dist import tracking
+    from asc_dist.cluster import connect
+    from asc_dist.distill import train_student
+    from asc_dist.prepare import prepare_store
+    from asc_dist.study import report
+
+    quiet_third_party()
+    run_dir = Path(cfg.run_dir).resolve()
+    cfg = replace(cfg, run_dir=str(run_dir))
+    for needed, step in ((run_dir / "teachers.json", "teachers"), (run_dir / "fused" / "targets.parquet", "fusion")):
+        if not needed.is_file():
+            raise ConfigError(f"{needed} is missing: the study needs a run with teachers and fused targets; run "
+                              f"`python -m asc_dist.pipeline --run {cfg.run_dir}` (or the {step} step) first")
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"--profile {cfg.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
+    profile = PROFILES[cfg.profile]
+    if cfg.seeds is not None:
+        if cfg.seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {cfg.seeds}")
+        profile = replace(profile, seeds=tuple(range(cfg.seeds)))
+    if cfg.epochs is not None:
+        if cfg.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
+        profile = replace(profile, epochs=cfg.epochs)
+    if cfg.tables:
+        bad = set(cfg.tables) - {"IV", "V", "II"}
+        if bad:
+            raise ConfigError(f"--tables {','.join(sorted(bad))} unknown; choose from IV,V,II")
+        profile = replace(profile, tables=tuple(cfg.tables))
+    uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
+    tracking.check_reachable(uri)
+    store = prepare_store(cfg.data, run_dir)
+    cfg = replace(cfg, data=replace(cfg.data, store=str(store.path)))
+    best = best_single_teacher(run_dir)
+    plan = rows(profile, best)
+    folder = run_dir / "study"
+    (folder / "results").mkdir(parents=True, exist_ok=True)
+    state_path = folder / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        parents = {}
+        for table in profile.tables:
+            handle = stack.enter_context(tracking.run(uri, cfg.experiment, f"study-table-{table}", params={
+                "table": table, "seeds": list(profile.seeds), "epochs": profile.epochs, "profile": cfg.profile, "best_teacher": best,
+            }, tags={"asc_dist.step": "study"}, resume_run_id=state.get(table)))  # fmt: skip
+            parents[table] = handle
+            state[table] = handle.run_id
+        write_text_atomic(state_path, json.dumps(state, indent=2))
+        jobs: dict[str, tuple[Row, int]] = {}
+        for row in plan:
+            for seed in profile.seeds:
+                jobs.setdefault(_job_id(row, seed, profile.epochs, profile.qat_epochs if dict(row.changes).get("qat") else 0), (row, seed))
+        todo = {j: rs for j, rs in jobs.items() if not (folder / "results" / f"{j}.json").is_file()}
+        log.info("study: %d rows x %d seeds = %d students, %d to train (%d done before)", len(plan), len(profile.seeds),
+                 len(jobs), len(todo), len(jobs) - len(todo))  # fmt: skip
+        if todo:
+            connect(cfg.address)
+            task = ray.remote(num_cpus=1)(train_student)
+            pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id)): j for j, (row, seed) in todo.items()}
+            done = 0
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                j = pending.pop(ready[0])
+                result = ray.get(ready[0])
+                write_text_atomic(folder / "results" / f"{j}.json", json.dumps({**result, "seed": jobs[j][1]}, default=str))
+                done += 1
+                elapsed = time.perf_counter() - start
+                log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, len(todo), jobs[j][0].label,
+                         jobs[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
+        row_results = []
+        for row in plan:
+            ids = [_job_id(row, s, profile.epochs, profile.qat_epochs if dict(row.changes).get("qat") else 0) for s in profile.seeds]
+            res = [json.loads((folder / "results" / f"{j}.json").read_text()) for j in ids]
+            row_results.append({"table": row.table, "label": row.label, "changes": dict(row.changes), "seeds": list(profile.seeds), "results": res})
+        summary = report.summarise(row_results)
+        comparisons = {
+            "fused_vs_none": report.paired(summary, "fused teachers", "no KD"),
+            "fused_vs_average": report.paired(summary, "fused teachers", "average of teachers"),
+            "average_vs_none": report.paired(summary, "average of teachers", "no KD"),
+            "fused_vs_single": report.paired(summary, "fused teachers", "best single teacher"),
+            "rn_adir_vs_bn_dir_unseen": report.paired(summary, "RN + ADIR", "BN + DIR", "unseen_acc"),
+        }
+        verdicts = report.verdicts(summary, comparisons)
+        header = (f"# Study ({cfg.profile} profile): {len(profile.seeds)} seeds ({', '.join(map(str, profile.seeds))}), "
+                  f"{profile.epochs} epochs, QAT {profile.qat_epochs} epochs; best single teacher on val: {best}\n\n"
+                  f"Every row is the paper's recipe (DS-FlexiNet sm2, RN, Freq-MixStyle 0.4/0.3, Auto-DIR p 0.6 with tau from the "
+                  f"training clips, roll, frequency masking, fused-teacher KD) with the one change its label names. Accuracy "
+                  f"is mean ± standard deviation over seeds; every row that ran is shown.")  # fmt: skip
+        text = report.markdown(summary, [c for c in comparisons.values() if c], verdicts, header)
+        for table in profile.tables:
+            fig = report.figure(summary, table)
+            fig.savefig(run_dir / f"study_{table}.png", dpi=110)
+            parents[table].log_figure(fig, f"study_{table}.png")
+            for r in summary:
+                if r["table"] == table and r["stats"]["test_acc"]["mean"] is not None:
+                    key = r["label"].split(" (")[0].replace(" ", "_").replace("+", "plus")
+                    parents[table].log_metrics({f"{key}_test_acc": r["stats"]["test_acc"]["mean"]})
+            parents[table].log_text(text, "study.md")
+        payload = {"profile": cfg.profile, "seeds": list(profile.seeds), "epochs": profile.epochs, "best_teacher": best,
+                   "rows": summary, "comparisons": comparisons, "verdicts": verdicts,
+                   "wall_s": time.perf_counter() - start}  # fmt: skip
+        write_text_atomic(run_dir / "study.json", json.dumps(payload, indent=1, default=str))
+        write_text_atomic(run_dir / "study.md", text)
+    print(text)
+    return payload
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asc_dist.study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder with teachers and fused targets")
+    p.add_argument("--profile", default="study", choices=sorted(PROFILES), help="study: 2 CPU cores, about an hour; full: TAU22 on GPUs")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the profile's)")
+    p.add_argument("--tables", default=None, help="subset of IV,V,II")
+    p.add_argument("--data", default=None, help="TAU-layout dataset (default: the run's synthetic dataset)")
+    p.add_argument("--store", default=None)
+    p.add_argument("--dirs", default=None, help="impulse responses for DIR/ADIR (default: generated ones)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--mlflow-uri", default=None)
+    p.add_argument("--address", default=None, help="Ray cluster address")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    data = DataConfig(root=args.data, store=args.store, dirs=args.dirs, val_fraction=args.val_fraction)
+    run_study(StudyConfig(run_dir=args.run, profile=args.profile, seeds=args.seeds, epochs=args.epochs,
+                          tables=tuple(args.tables.split(",")) if args.tables else None, data=data,
+                          mlflow_uri=args.mlflow_uri, address=args.address))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,73 @@
+"""Which students the study trains: the seed paper's Tables IV, V and II as rows of student configs.
+
+Every row is the paper's student recipe (DS-FlexiNet, RN, Freq-MixStyle 0.4 / 0.3, Auto-DIR p 0.6 with tau
+from the data, time roll, frequency masking, fused-teacher KD) with one thing changed:
+- Table IV (what the student learns from): no KD (label loss only), the best single teacher (chosen on val
+  accuracy), the average of the teachers, the fusion;
+- Table V (device generalisation): BN vs RN, each with plain DIR vs Auto-DIR (Freq-MixStyle on);
+- Table II (size and int8): sm1-sm4, fp32 and int8 after QAT.
+Rows that are the same configuration (the default recipe appears in all three tables) train once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str  # "IV", "V" or "II"
+    label: str
+    changes: tuple[tuple[str, object], ...] = ()  # StudentConfig fields that differ from the recipe
+
+    @property
+    def key(self) -> str:
+        """Identity of the configuration (shared rows have one key)."""
+        return json.dumps(sorted(self.changes), default=str)
+
+
+@dataclass(frozen=True)
+class StudyProfile:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 12
+    qat_epochs: int = 2
+    tables: tuple[str, ...] = ("IV", "V", "II")
+    presets: tuple[str, ...] = ("sm1", "sm2", "sm3", "sm4")
+    recipe: dict = field(default_factory=lambda: {
+        "model": "dsflexinet", "preset": "sm2", "norm": "rn", "targets": "fused", "fms_p": 0.4, "fms_alpha": 0.3,
+        "adir_p": 0.6, "adir_tau": "auto", "dir_p": 0.0, "roll_s": 0.125, "freqm": 48,
+    })  # fmt: skip
+
+
+PROFILES = {
+    # Two CPU cores, about an hour on the synthetic default: 12 epochs, QAT 2 epochs, 3 seeds.
+    "study": StudyProfile(),
+    # TAU22 on GPUs: the paper's length (CP-JKU train students 150-250 epochs).
+    "full": StudyProfile(epochs=150, qat_epochs=24),
+}
+
+
+def best_single_teacher(run_dir: Path) -> str:
+    """The teacher with the best validation accuracy in RUN/teachers.json (chosen on val, never on test)."""
+    teachers = json.loads((Path(run_dir) / "teachers.json").read_text())["teachers"]
+    scored = [(r.get("val_acc") or 0.0, name) for name, r in teachers.items()]
+    return max(scored)[1]
+
+
+def rows(profile: StudyProfile, best_teacher: str) -> list[Row]:
+    out: list[Row] = []
+    if "IV" in profile.tables:
+        out += [Row("IV", "no KD", (("targets", "none"),)),
+                Row("IV", f"best single teacher ({best_teacher})", (("targets", f"teacher:{best_teacher}"),)),
+                Row("IV", "average of teachers", (("targets", "average"),)),
+                Row("IV", "fused teachers", ())]  # fmt: skip
+    if "V" in profile.tables:
+        for norm in ("bn", "rn"):
+            out.append(Row("V", f"{norm.upper()} + DIR", (("adir_p", 0.0), ("dir_p", 0.6), ("norm", norm))))
+            out.append(Row("V", f"{norm.upper()} + ADIR", (("norm", norm),) if norm == "bn" else ()))
+    if "II" in profile.tables:
+        for preset in profile.presets:
+            out.append(Row("II", preset, (("preset", preset), ("qat", True))))
+    return out
