@@ -215,7 +215,9 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
 
         def on_epoch(result) -> None:
             mlrun.log_metrics(result.metrics, step=result.epoch)
-            if report is not None:
+            # The last epoch is reported by the caller together with the test scores (the sweep's final
+            # report): a scheduler deciding at the last epoch then always sees a finished, scored trial.
+            if report is not None and result.epoch < result.epochs:
                 report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "student": cfg.run_name},
                        {"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id})
 

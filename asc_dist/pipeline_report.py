@@ -16,6 +16,11 @@ def _pct(x) -> str:
     return f"{100 * x:.2f}" if isinstance(x, (int, float)) else "-"
 
 
+def _num(x, digits: int, sep: str = "") -> str:
+    """A number for a table cell, '-' for a missing one (a trial stopped early has no test or int8 fields)."""
+    return f"{x:{sep}.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+
 def _data_section(store) -> list[str]:
     table = store.table()
     devices = sorted(set(table.device.tolist()), key=device_sort_key)
@@ -96,9 +101,10 @@ def _int8_section(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in best:
         lines.append(
-            f"| {r['name']} | {r['params']:,} | {r['macs'] / 1e6:.2f} | {_pct(r['test_acc'])} | {_pct(r['unseen_acc'])} | "
-            f"{_pct(r.get('int8_test_acc'))} | {_pct(r.get('int8_unseen_acc'))} | {r.get('int8_size_kb', 0):.1f} | "
-            f"{r.get('fp32_latency_ms', 0):.2f} | {r.get('int8_latency_ms', 0):.2f} |"
+            f"| {r.get('name', '-')} | {_num(r.get('params'), 0, ',')} | {_num((r.get('macs') or 0) / 1e6 if r.get('macs') else None, 2)} | "
+            f"{_pct(r.get('test_acc'))} | {_pct(r.get('unseen_acc'))} | "
+            f"{_pct(r.get('int8_test_acc'))} | {_pct(r.get('int8_unseen_acc'))} | {_num(r.get('int8_size_kb'), 1)} | "
+            f"{_num(r.get('fp32_latency_ms'), 2)} | {_num(r.get('int8_latency_ms'), 2)} |"
         )
     return lines
 

@@ -138,19 +138,25 @@ def _sweep_params(sweep: SweepConfig) -> dict:
             "epochs": sweep.epochs, "scheduler": sweep.scheduler, "num_samples": sweep.num_samples}
 
 
+def asha(epochs: int):
+    """ASHA over a trial's reports: epochs 1..E-1 report val accuracy, the E-th report is the finished trial
+    (val and test scores, result.json written; `distill.train_student` holds back its last epoch's report).
+    So max_t = E and whatever ASHA decides at a rung on the last epoch, a trial that ran all its epochs is
+    scored. grace: every trial sees at least half its epochs before ASHA may stop it."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=max(1, epochs // 2), reduction_factor=2)
+
+
 def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from asc_dist.progress import EpochProgress
 
     trials = [{"preset": p, "kd_lambda": lam, "temperature": t, "sample": s}
               for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
-    # max_t is one past the last epoch: ASHA stops a trial as soon as it reaches max_t, and every trial
-    # reports once more after its last epoch (test scores, checkpoint path) before it is really finished.
-    # grace: every trial sees at least half its epochs before ASHA may stop it (tiny presets start slower).
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.epochs + 1, grace_period=max(1, sweep.epochs // 2), reduction_factor=2)
-                 if sweep.scheduler == "asha" else FIFOScheduler())
+    scheduler = asha(sweep.epochs) if sweep.scheduler == "asha" else FIFOScheduler()
     sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
     tuner = tune.Tuner(
         tune.with_resources(sweep_trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}),
