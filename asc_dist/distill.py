@@ -119,6 +119,29 @@ def build_student_model(cfg: StudentConfig, n_classes: int) -> torch.nn.Module:
     return build_student(cfg.model, cfg.preset, n_classes=n_classes, norm=cfg.norm)
 
 
+def refuse_fit_clips(fitted: list[str], path: Path, val_fraction: float) -> None:
+    """Fused targets of the clips the fusion was fitted on are in-sample: a student must not train on them."""
+    from asc_dist.fusion import FIT_SPLIT
+
+    if fitted:
+        raise ConfigError(
+            f"{len(fitted)} of the student's training clips (first: {fitted[0]}) are clips the fusion was fitted on "
+            f"(split '{FIT_SPLIT}' in {path}): their targets are in-sample. Give the student the --val-fraction the "
+            f"teachers and fusion used (the student's is {val_fraction}), or re-run teachers and fusion with the student's")
+
+
+def check_fit_split(cfg: StudentConfig, store: WaveformStore) -> None:
+    """The driver's early check (before any trial starts) of what `train_targets` enforces."""
+    if cfg.targets not in ("fused", "average"):
+        return
+    path = targets_path(cfg.run_dir)
+    targets = load_targets(path)
+    from asc_dist.fusion import FIT_SPLIT
+
+    train = set(store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename.tolist())
+    refuse_fit_clips(sorted(train & set(targets.filenames[targets.splits == FIT_SPLIT].tolist())), path, cfg.data.val_fraction)
+
+
 def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:
     """Teacher logits [N_train, C] in the order of `filenames`; every training clip must have one."""
     if cfg.targets == "none":
@@ -139,6 +162,10 @@ def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarra
     if list(targets.classes) != store.classes:
         raise LogitsError(f"{path} has classes {targets.classes} but the dataset has {store.classes}; re-run the teachers and fusion on this dataset")
     lookup = {f: i for i, f in enumerate(targets.filenames)}
+    from asc_dist.fusion import FIT_SPLIT
+
+    fitted = [f for f in filenames if f in lookup and targets.splits[lookup[f]] == FIT_SPLIT]
+    refuse_fit_clips(fitted, path, cfg.data.val_fraction)
     missing = [f for f in filenames if f not in lookup]
     if missing:
         raise LogitsError(

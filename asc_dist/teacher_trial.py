@@ -108,7 +108,9 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
         model = wrap(model)
     return Trainer(
         model, front, train, val,
-        OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed),
+        # every rank starts from the same weights (seeded above; DDP also broadcasts rank 0's) but draws its own
+        # augmentations and batch order: seed + rank
+        OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed + (shard[0] if shard else 0)),
         wave_aug=wave_aug, spec_aug=spec_aug, device="auto" if ctx.device == "cuda" else "cpu", name=t.name,
     )
 
@@ -134,7 +136,8 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     params = sum(p.numel() for p in model.parameters())
-    config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node}
+    config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node,
+              "val_carve": [ctx.val_fraction, ctx.val_seed]}
     write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
     wall = time.perf_counter() - start
     mlrun.log_metrics({"wall_s": wall})

@@ -101,7 +101,9 @@ def check_writable(run_dir: Path) -> None:
         raise ConfigError(f"output folder {run_dir} is not writable ({probe} is {'not a folder' if not probe.is_dir() else 'read-only'}); pass --out to a writable folder")
 
 
-def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str) -> bool:
+def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str, val_carve: tuple[float, int] = (0.15, 0)) -> bool:
+    """Logits exist for this config, data and validation carve (another carve moves clips between train and
+    val, so the teacher would have trained on the fusion's fit clips)."""
     path = teacher_logits_path(run_dir, t.name)
     if not path.is_file():
         return False
@@ -109,7 +111,8 @@ def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str) -> bool:
         meta = read_teacher_meta(path)
     except Exception:  # noqa: BLE001 - an unreadable file means: train again
         return False
-    return meta.fingerprint == fingerprint and meta.config.get("config_hash") == t.config_hash()
+    return (meta.fingerprint == fingerprint and meta.config.get("config_hash") == t.config_hash()
+            and meta.config.get("val_carve") == [val_carve[0], val_carve[1]])
 
 
 def run_teachers(cfg: TeachersConfig) -> list[dict]:
@@ -127,7 +130,8 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     tracking.check_reachable(uri)
     store = prepare_store(cfg.data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    todo = [t for t in roster if cfg.force or not is_done(run_dir, t, store.fingerprint)]
+    carve = (cfg.data.val_fraction, cfg.data.val_seed)
+    todo = [t for t in roster if cfg.force or not is_done(run_dir, t, store.fingerprint, carve)]
     skipped = [t.name for t in roster if t not in todo]
     if skipped:
         log.info("skipping %d teacher(s) with up-to-date logits: %s", len(skipped), ", ".join(skipped))

@@ -8,6 +8,7 @@ log-mels (Freq-MixStyle, masking) happens on the compute device inside the step;
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,16 +59,35 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+@contextlib.contextmanager
+def observers_frozen(model: nn.Module):
+    """QAT fake-quantisers observe in eval mode too: scoring must not move the quantisation ranges, so their
+    observers are off while scoring and back as they were afterwards (a no-op for a float model)."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    fakes = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    was_on = [bool(m.observer_enabled[0]) for m in fakes]
+    for m in fakes:
+        m.disable_observer()
+    try:
+        yield
+    finally:
+        for m, on in zip(fakes, was_on):
+            if on:
+                m.enable_observer()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits [N, C] for every clip of `data` in its table order (clean audio, eval mode)."""
+    """Logits [N, C] for every clip of `data` in its table order (clean audio, eval mode, observers off)."""
     device = torch.device(device)
     model.eval()
     front_end.eval()
     out = []
-    for batch in BatchLoader(data, batch_size, shuffle=False):
-        spec = front_end(torch.from_numpy(batch.waves).to(device))
-        out.append(model(spec).float().cpu().numpy())
+    with observers_frozen(model):
+        for batch in BatchLoader(data, batch_size, shuffle=False):
+            spec = front_end(torch.from_numpy(batch.waves).to(device))
+            out.append(model(spec).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from asc_dist import tracking
 from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
-from asc_dist.distill import StudentConfig
+from asc_dist.distill import StudentConfig, check_fit_split
 from asc_dist.errors import ConfigError
 from asc_dist.kd import validate_kd
 from asc_dist.prepare import DataConfig
@@ -114,6 +114,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         raise ConfigError(f"{targets_path(sweep.run_dir)} is missing; run the teachers and `python -m asc_dist.fusion --run {sweep.run_dir}` first, or pass --targets none")
     store = prepare_store(sweep.data, sweep.run_dir)
     sweep = replace(sweep, data=replace(sweep.data, store=str(store.path.resolve())))
+    check_fit_split(StudentConfig(run_dir=sweep.run_dir, data=sweep.data, targets=sweep.targets), store)
     targets_fp = load_targets(targets_path(sweep.run_dir)).fingerprint if sweep.targets != "none" else store.fingerprint
     fp = sweep.fingerprint(targets_fp)
     results_file = Path(sweep.run_dir) / RESULTS
@@ -263,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None)
     p.add_argument("--store", default=None)
     p.add_argument("--dirs", default=None)
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation carve, as given to the teachers and fusion")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         temperatures=_floats(args.temperature), model=args.model, targets=args.targets, epochs=args.epochs,
         qat_epochs=args.qat_epochs, num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
-        mlflow_uri=args.mlflow_uri, experiment=args.experiment, data=DataConfig(root=args.data, store=args.store, dirs=args.dirs),
+        mlflow_uri=args.mlflow_uri, experiment=args.experiment, data=DataConfig(root=args.data, store=args.store, dirs=args.dirs, val_fraction=args.val_fraction),
     )
     rows = run_sweep(sweep)
     from asc_dist.sweep_report import format_results

@@ -102,3 +102,34 @@ def test_context_teacher_logits_complete_and_keyed_by_clip(ray_session, context_
     # every clip of a 10-s recording is scored with the whole recording as context: one prediction per recording
     assert all(np.allclose(rows_, rows_[0], atol=1e-5) for rows_ in map(np.array, by_recording.values()))
     assert context_parts(10, store.manifest["samples"], store.sample_rate) == 10
+
+
+def test_ddp_ranks_draw_their_own_augmentations_from_the_same_weights(synth_store):
+    import torch
+
+    from asc_dist.roster import TeacherConfig
+    from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+
+    t = TeacherConfig(name="t", family="cnn", size="tiny", seed=5, epochs=1)
+    ctx = TeacherRunContext(run_dir="", store=str(synth_store.path), val_fraction=0.15, val_seed=0,
+                            fingerprint=synth_store.fingerprint, mlflow_uri="", experiment="", dirs=None)  # fmt: skip
+    ranks = [make_trainer(t, ctx, synth_store, shard=(rank, 2)) for rank in (0, 1)]
+    assert [r.cfg.seed for r in ranks] == [5, 6]  # seed + rank: different augmentation and batch draws
+    for a, b in zip(ranks[0].model.state_dict().values(), ranks[1].model.state_dict().values()):
+        assert torch.equal(a, b)  # identical initial weights
+    assert set(ranks[0].train_data.table.filename).isdisjoint(ranks[1].train_data.table.filename)
+
+
+def test_changing_the_validation_carve_retrains(tmp_path, synth_store):
+    from asc_dist.logits import write_teacher_logits
+    from asc_dist.roster import TeacherConfig
+    from asc_dist.teachers import is_done
+
+    t = TeacherConfig(name="t", family="cnn")
+    table = synth_store.table()
+    write_teacher_logits(tmp_path, "t", table.filename, table.split, table.device, table.label,
+                         np.zeros((len(table), len(synth_store.classes)), dtype=np.float32), synth_store.classes,
+                         {"config_hash": t.config_hash(), "val_carve": [0.15, 0]}, synth_store.fingerprint)  # fmt: skip
+    assert is_done(tmp_path, t, synth_store.fingerprint, (0.15, 0))
+    assert not is_done(tmp_path, t, synth_store.fingerprint, (0.3, 0))
+    assert not is_done(tmp_path, t, synth_store.fingerprint, (0.15, 1))

@@ -33,3 +33,26 @@ def test_report_never_crashes_on_missing_fields():
              "unseen_acc": None, "int8_size_kb": None, "fp32_latency_ms": None}]  # fmt: skip
     (line,) = [x for x in _int8_section(rows) if x.startswith("| dsflexinet-sm2")]
     assert line.count(" - ") >= 8
+
+
+def test_students_refuse_the_fusions_fit_clips(tmp_path, synth_root, synth_store):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from asc_dist.errors import ConfigError
+    from tests.conftest import make_targets
+
+    run = tmp_path / "run"
+    make_targets(run, synth_store)  # targets with the default carve (0.15): the fusion fit on its val clips
+    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root), store=str(synth_store.path), val_fraction=0.0),
+                        epochs=1, device="cpu")  # fmt: skip
+    with pytest.raises(ConfigError, match="fusion was fitted on"):
+        train_student(cfg, store=synth_store)
+    # the sweep's CLI takes the same option and refuses before any trial starts
+    res = subprocess.run([sys.executable, "-m", "asc_dist.tune", "--run", str(run), "--data", str(synth_root), "--store",
+                          str(synth_store.path), "--val-fraction", "0", "--presets", "sm1", "--kd-lambda", "0.5", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "fusion was fitted on" in res.stderr and "Traceback" not in res.stderr
+    assert not (run / "ray_results").exists()
