@@ -2,15 +2,23 @@
 
 The paper's eq. 4 (seed 000, Table IV): z_c(x) = sum_s w_s * l_{s,c}(x) + b_c, on raw logits. The uniform
 logit average (w = 1/T, b = 0) is the baseline every public ASC recipe uses (REFERENCE.md section 1), so
-the fit starts there and an L2 penalty l2 * (||w - 1/T||^2 + ||b||^2) pulls towards it: with few
-validation clips the fusion falls back to the average instead of overfitting. The penalty on b also picks
-the zero-mean bias among the shift-equivalent ones (softmax ignores a constant added to every class).
+the fit starts there and an L2 penalty l2 * (||w - 1/T||^2 + ||b||^2) pulls towards it. The penalty on b
+also picks the zero-mean bias among the shift-equivalent ones (softmax ignores a constant per clip).
 The objective is convex in (w, b); LBFGS with a strong-Wolfe line search in float64 solves it in tens of
-iterations. The weights are not constrained to sum to one, so the fit also learns the ensemble's
-temperature: fused logits are usually sharper than the average, which matters for the KD temperature.
-It is fitted on validation clips because teachers are overconfident on the clips they were trained on.
+iterations. It is fitted on validation clips because teachers are overconfident on their training clips.
 
-    python -m asc_dist.fusion --run RUN_DIR [--teachers a,b] [--select K] [--experiment NAME] [--mlflow-uri URI]
+Reading the weights: w is not constrained, so it holds two things. Its sum is a temperature (`scale`:
+fused logits are usually sharper than the average, which matters for the KD temperature) and w / sum(w)
+(`mix`, summing to one) is how much each teacher counts. A teacher can get a negative mix when the fit
+subtracts its errors; a large weight on a weak teacher is therefore not trust.
+
+Honest numbers: the fusion's validation loss and accuracy are cross-fitted (k folds of the validation
+split, whole recordings per fold, each fold scored by a fit on the others), so they compare with the
+teachers' and the average's validation numbers, which no fit has seen; the in-sample ones are kept as
+`val_in_sample`. The penalty's strength is chosen by the same cross-fit from `L2_GRID` (`--l2 cv`, the
+default): a strength of 1e-4 against a loss near 1 does nothing, 1 holds the weights near the average.
+
+    python -m asc_dist.fusion --run RUN_DIR [--teachers a,b] [--select K] [--l2 cv|X] [--experiment NAME]
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from asc_dist.plots import bar_figure
 log = logging.getLogger(__name__)
 
 FIT_SPLIT = "val"
+L2_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+CV_FOLDS = 5
 
 
 @dataclass
@@ -45,13 +55,13 @@ class FusionConfig:
     run_dir: Path
     teachers: list[str] | None = None  # None: every teacher under RUN_DIR/logits
     select: int | None = None  # greedy forward selection of this many teachers
-    l2: float = 1e-4  # penalty on (w - 1/T) and b; 0 = plain maximum likelihood
+    l2: float | str = "cv"  # penalty on (w - 1/T) and b: "cv" = chosen by cross-fitting on val; 0 = plain ML
     max_iter: int = 200
     experiment: str = "fusion"
     mlflow_uri: str | None = None
 
     def check(self) -> None:
-        if self.l2 < 0 or self.max_iter < 1:
+        if self.l2 != "cv" and (not isinstance(self.l2, (int, float)) or self.l2 < 0) or self.max_iter < 1:
             raise ConfigError(f"--l2 must be >= 0 and --max-iter >= 1 (got {self.l2}, {self.max_iter})")
         if self.select is not None and self.select < 1:
             raise ConfigError(f"--select must be a positive number of teachers (got {self.select})")
@@ -149,6 +159,41 @@ def fuse(logits: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 def average(logits: np.ndarray) -> np.ndarray:
     """The baseline: uniform mean of raw logits (w = 1/T, b = 0)."""
     return fuse(logits, np.full(logits.shape[0], 1.0 / logits.shape[0]), np.zeros(logits.shape[2]))
+
+
+def _folds(filenames: np.ndarray, k: int) -> np.ndarray:
+    """Fold index per clip: whole recordings per fold (clips of one recording are near-duplicates), seeded."""
+    from asc_dist.context import recording_of
+
+    keys = np.array([recording_of(str(f))[0] for f in filenames], dtype=object)
+    unique = np.array(sorted(set(keys.tolist())), dtype=object)
+    order = np.random.default_rng(0).permutation(len(unique))
+    fold_of = {key: i % k for i, key in enumerate(unique[order])}
+    return np.array([fold_of[key] for key in keys])
+
+
+def _ce(z: np.ndarray, labels: np.ndarray) -> float:
+    z = z.astype(np.float64)
+    top = z.max(axis=1)
+    return float(np.mean(top + np.log(np.exp(z - top[:, None]).sum(axis=1)) - z[np.arange(len(z)), labels]))
+
+
+def cross_fit(logits: np.ndarray, labels: np.ndarray, filenames: np.ndarray, l2_grid=L2_GRID, k: int = CV_FOLDS,
+              max_iter: int = 200) -> dict[str, Any]:  # fmt: skip
+    """Out-of-sample fused logits for every fit row (each fold scored by a fit on the others), per penalty
+    strength; returns the strength with the lowest cross-fitted loss, its logits and the loss per strength."""
+    folds = _folds(filenames, min(k, max(2, len(set(filenames)))))
+    losses, best = {}, None
+    for l2 in l2_grid:
+        oos = np.zeros(logits.shape[1:], dtype=np.float32)
+        for f in np.unique(folds):
+            held = folds == f
+            w, b, _ = fit_fusion(logits[:, ~held], labels[~held], l2, max_iter)
+            oos[held] = fuse(logits[:, held], w, b)
+        losses[l2] = _ce(oos, labels)
+        if best is None or losses[l2] < losses[best[0]]:
+            best = (l2, oos)
+    return {"l2": best[0], "logits": best[1], "loss_by_l2": {str(k_): v for k_, v in losses.items()}, "folds": int(folds.max() + 1)}
 
 
 def select_teachers(
@@ -284,6 +329,7 @@ def _mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {f"weight.{safe(k)}": v for k, v in report["weights"].items()}
     out.update({f"bias.{safe(k)}": v for k, v in report["biases"].items()})
     out.update({f"fit.{k}": float(v) for k, v in report["convergence"].items()})
+    out.update({"fit.l2": float(report["l2"]), "fit.scale": report["scale"]})
     for name, prefix, res in _systems(report["results"]):
         prefix = safe(prefix)
         for split in ("val", "test"):
@@ -319,23 +365,37 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
     selection = None
     names = list(data.names)
     if cfg.select is not None:
-        selection = select_teachers(val_logits, val_labels, names, cfg.select, cfg.l2, cfg.max_iter)
+        selection = select_teachers(val_logits, val_labels, names, cfg.select, 1e-4 if cfg.l2 == "cv" else float(cfg.l2), cfg.max_iter)
         names = [s["teacher"] for s in selection]
     index = [data.names.index(n) for n in names]
-    w, b, fit = fit_fusion(val_logits[index], val_labels, cfg.l2, cfg.max_iter)
+    cv = cross_fit(val_logits[index], val_labels, data.filenames[fit_rows], L2_GRID if cfg.l2 == "cv" else (float(cfg.l2),),
+                   max_iter=cfg.max_iter)  # fmt: skip
+    l2 = cv["l2"]
+    log.info("fusion: penalty %g chosen by %d-fold cross-fitting on val (cross-fitted loss per strength: %s)", l2, cv["folds"],
+             ", ".join(f"{k}: {v:.4f}" for k, v in cv["loss_by_l2"].items()))  # fmt: skip
+    w, b, fit = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter)
     if not fit.converged:
         log.warning("fusion fit stopped at max_iter=%d (gradient norm %.2e)", cfg.max_iter, fit.grad_norm)
 
     weights = {n: float(v) for n, v in zip(names, w)}
     results = _evaluate_all(data, names, w, b)
+    # val numbers of the fusion, out-of-sample like everyone else's; the in-sample ones kept beside them
+    fused_val = evaluate_predictions(cv["logits"].astype(np.float64), val_labels, data.devices[fit_rows], data.classes)
+    results["fusion"]["val_in_sample"] = results["fusion"]["val"]
+    results["fusion"]["val"] = {"loss": fused_val.log_loss, "acc": fused_val.accuracy, "n": fused_val.n, "cross_fitted": True}
     report = {
         "teachers": names,
         "available": list(data.names),
         "classes": data.classes,
         "fingerprint": data.fingerprint,
         "fit_split": FIT_SPLIT,
-        "penalty": f"{cfg.l2} * (||w - 1/T||^2 + ||b||^2)",
+        "penalty": f"{l2} * (||w - 1/T||^2 + ||b||^2)",
+        "l2": l2,
+        "l2_choice": "cross-fitted on val" if cfg.l2 == "cv" else "given",
+        "crossfit": {"folds": cv["folds"], "loss_by_l2": cv["loss_by_l2"]},
         "weights": weights,
+        "scale": float(np.sum(w)),
+        "mix": {n: float(v / np.sum(w)) for n, v in zip(names, w)} if abs(float(np.sum(w))) > 1e-9 else None,
         "biases": {c: float(v) for c, v in zip(data.classes, b)},
         "convergence": asdict(fit),
         "selection": selection,
@@ -371,7 +431,7 @@ def parse_args(argv: list[str] | None) -> FusionConfig:
     p.add_argument("--run", type=Path, required=True, help="run folder holding logits/teacher=*/part-0.parquet")
     p.add_argument("--teachers", default=None, help="comma-separated teacher names (default: all)")
     p.add_argument("--select", type=int, default=None, help="greedily keep the K teachers that fuse best on val")
-    p.add_argument("--l2", type=float, default=FusionConfig.l2, help="penalty on (w - 1/T) and b")
+    p.add_argument("--l2", default="cv", help="penalty on (w - 1/T) and b: cv (chosen by cross-fitting on val) or a number")
     p.add_argument("--max-iter", type=int, default=FusionConfig.max_iter)
     p.add_argument("--experiment", default=FusionConfig.experiment, help="MLflow experiment name")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default: sqlite file in the run folder)")
@@ -379,7 +439,11 @@ def parse_args(argv: list[str] | None) -> FusionConfig:
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     teachers = None if a.teachers is None else [t.strip() for t in a.teachers.split(",") if t.strip()]
-    return FusionConfig(a.run, teachers, a.select, a.l2, a.max_iter, a.experiment, a.mlflow_uri)
+    try:
+        l2 = a.l2 if a.l2 == "cv" else float(a.l2)
+    except ValueError:
+        raise ConfigError(f"--l2 {a.l2!r}: give 'cv' or a number >= 0") from None
+    return FusionConfig(a.run, teachers, a.select, l2, a.max_iter, a.experiment, a.mlflow_uri)
 
 
 def main(argv: list[str] | None = None) -> int:

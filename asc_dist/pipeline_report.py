@@ -75,6 +75,10 @@ def _fusion_section(run_dir: Path) -> list[str]:
     systems = [(n, r) for n, r in res["teachers"].items()] + [("**average**", res["average"]), ("**fusion**", res["fusion"])]
     best = max(res["teachers"].items(), key=lambda kv: (kv[1].get("val") or {}).get("acc") or 0)[0]
     lines = ["## Fusion (eq. 4: a weight per teacher, a bias per class, fitted on val)", "",
+             f"Every val number is out-of-sample: the teachers and the average never fit on val, and the fusion's are "
+             f"cross-fitted ({(rep.get('crossfit') or {}).get('folds', '?')} folds of whole recordings). Penalty "
+             f"{rep.get('l2', '-')} ({rep.get('l2_choice', 'given')}). The weights sum to {rep.get('scale', float('nan')):.2f}: "
+             "that sum is a temperature, weight / sum is each teacher's share.", "",
              "| system | weight | val loss | val acc | test loss | test acc | unseen acc |", "|---|---|---|---|---|---|---|"]
     for name, r in systems:
         val, test = r.get("val") or {}, r.get("test") or {}

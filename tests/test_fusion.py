@@ -117,7 +117,12 @@ def test_cli_writes_targets_report_and_mlflow_run(tmp_path, capsys, mlflow_uri):
     targets = load_targets(run_dir)
     assert targets.teachers == ["t0", "t1", "t2", "t3"] and targets.logits.shape == (900, 5)
     assert abs(ce(targets.logits[targets.splits == "val"], targets.labels[targets.splits == "val"])
-               - fusion["val"]["loss"]) < 1e-5
+               - fusion["val_in_sample"]["loss"]) < 1e-5
+    # the reported val numbers are cross-fitted: out-of-sample like the teachers' and the average's
+    assert fusion["val"]["cross_fitted"] and fusion["val"]["loss"] > fusion["val_in_sample"]["loss"]
+    assert report["l2"] in (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0) and report["l2_choice"] == "cross-fitted on val"
+    assert len(report["crossfit"]["loss_by_l2"]) == 7
+    assert sum(report["mix"].values()) == pytest.approx(1.0) and report["scale"] == pytest.approx(sum(report["weights"].values()))
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fusion-test")
@@ -162,3 +167,13 @@ def test_cli_exit_2_on_misaligned_teachers(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: teachers cover different clip sets")
     assert "'late': 60 missing" in lines[0]
     assert not (run_dir / "fused").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_a_strong_penalty_falls_back_to_the_average():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    logits = np.stack([3 * np.eye(5)[labels] * s + rng.normal(0, 1, (400, 5)) for s in (1.0, 0.2, 0.5)]).astype(np.float32)
+    w, b, _ = fit_fusion(logits, labels, l2=1e4)
+    assert np.allclose(w, 1 / 3, atol=1e-3) and np.allclose(b, 0, atol=1e-3)
+    w_free, _, _ = fit_fusion(logits, labels, l2=0.0)
+    assert abs(w_free[0] - 1 / 3) > 0.1  # without the penalty the fit moves away from the average
