@@ -191,11 +191,12 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
     d = cfg.data
     train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
     aug = cfg.augment()
-    bank = None
+    bank, tau = None, None
     if aug.needs_impulse_responses:
         bank = load_bank(d.dirs, store.sample_rate, store.manifest.get("source"))
         if aug.adir_p > 0:
-            aug = cfg.augment(resolve_tau(cfg.adir_tau, train, store.sample_rate))
+            tau = resolve_tau(cfg.adir_tau, train, store.sample_rate)
+            aug = cfg.augment(tau)
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
     teacher = train_targets(cfg, store, train.table.filename)
     trainer = Trainer(
@@ -204,6 +205,7 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
         wave_aug=wave_aug, spec_aug=spec_aug, device=cfg.device, name=cfg.run_name,
     )
     trainer.loss_fn = make_loss(cfg, teacher, trainer.device)
+    trainer.adir_tau = tau  # the resolved Auto-DIR threshold (None: Auto-DIR off), logged with the run
     return trainer
 
 
@@ -237,6 +239,8 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
     params = {**{k: v for k, v in cfg.to_dict().items() if k not in ("data",)}, "data": cfg.data.__dict__, "params": cx.params, "macs": cx.macs}
     with tracking.run(uri, cfg.experiment, cfg.run_name, params=params, tags={"asc_dist.step": "student", "preset": cfg.preset},
                       parent_run_id=cfg.parent_run_id, resume_run_id=resume_id) as mlrun:
+        if trainer.adir_tau is not None:
+            mlrun.log_metrics({"adir_tau": trainer.adir_tau})
         if resume_id is None:
             mlrun.log_json({**cfg.to_dict(), "complexity": cx.to_dict() if hasattr(cx, "to_dict") else str(cx)}, "config.json")
 

@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="TAU-layout dataset (default: the embedded synthetic dataset in RUN/data)")
     p.add_argument("--run", default="runs/demo", help="run folder")
     p.add_argument("--profile", default="demo", choices=sorted(PROFILES))
+    p.add_argument("--store", default=None, help="packed waveform store folder (default DATA/packed/sr32000; give one for a read-only dataset)")
     p.add_argument("--dirs", default=None, help="device impulse responses for DIR (e.g. ../shared/data/micirp)")
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto)")
     p.add_argument("--mlflow-uri", default=None)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "student_epochs": args.student_epochs, "qat_epochs": args.qat_epochs,
         }.items() if v is not None
     }
-    cfg = PipelineConfig(run_dir=args.run, profile=args.profile, data=DataConfig(root=args.data, dirs=args.dirs),
+    cfg = PipelineConfig(run_dir=args.run, profile=args.profile, data=DataConfig(root=args.data, store=args.store, dirs=args.dirs),
                          address=args.address, mlflow_uri=args.mlflow_uri, overrides=overrides)
     result = run_pipeline(cfg)
     print(json.dumps(result))

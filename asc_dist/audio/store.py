@@ -92,7 +92,7 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise DatasetError(f"cannot write the store under {out.parent} ({exc}); pass --out to a writable folder") from None
+        raise DatasetError(f"cannot write the store under {out.parent} ({exc}); pass --store (pack: --out) to a writable folder for the packed store") from None
     with atomic_path(out) as tmp:
         tmp.mkdir()
         _write_store(tmp, root, table, cfg, n_samples, fp)

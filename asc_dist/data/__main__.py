@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--clips-per-device", type=int, default=None, help="segments per device (default: the generator's)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--dirs", default=None, help="folder of device impulse responses (*.wav), e.g. MicIRP")
+    s.add_argument("--device-mix", choices=("balanced", "tau"), default="balanced",
+                   help="tau: device a holds 72 %% of the train clips, as in TAU22 (DIR augments a only)")
     for sp in (c, k, s):
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "synth":
         from asc_dist.data.synth import SynthConfig, generate
 
-        kwargs = {"seed": args.seed, "dirs": args.dirs}
+        kwargs = {"seed": args.seed, "dirs": args.dirs, "device_mix": args.device_mix}
         if args.clips_per_device is not None:
             if args.clips_per_device < 1:
                 raise DatasetError(f"--clips-per-device must be >= 1, got {args.clips_per_device}")
