@@ -23,6 +23,7 @@ from asc_dist.dir_bank import load_bank
 from asc_dist.evaluation import log_reports, score_splits, split_reports
 from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.logits import write_teacher_logits
+from asc_dist.pace import Pace
 from asc_dist.roster import TeacherConfig
 from asc_dist.train import OptimConfig, Trainer
 
@@ -45,6 +46,7 @@ class TeacherRunContext:
     threads: int = 1
     fail_once: str | None = None  # test-only switch: this teacher's trial fails once after epoch 1
     cpus_per_worker: float = 1.0  # data-parallel workers (--workers-per-teacher > 1)
+    progress_s: float = 30.0  # a progress line inside an epoch at least this often
 
 
 def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
@@ -106,13 +108,16 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
     if wrap is not None:
         model = wrap(model)
-    return Trainer(
+    trainer = Trainer(
         model, front, train, val,
         # every rank starts from the same weights (seeded above; DDP also broadcasts rank 0's) but draws its own
         # augmentations and batch order: seed + rank
         OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed + (shard[0] if shard else 0)),
         wave_aug=wave_aug, spec_aug=spec_aug, device="auto" if ctx.device == "cuda" else "cpu", name=t.name,
     )
+    trainer.pace = Pace(every_s=ctx.progress_s, remedy=(
+        "a smaller teacher (--size tiny), a GPU (--gpus-per-teacher 0.25) or more machines (--address of a Ray cluster)"))
+    return trainer
 
 
 def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resume_run_id: str | None = None):
@@ -163,6 +168,7 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
         log.info("[%s] resumed from checkpoint after epoch %d", t.name, trainer.epoch)
     params = sum(p.numel() for p in trainer.model.parameters())
     with open_mlflow_run(t, ctx, params, mlflow_run_id) as mlrun:
+        trainer.pace.on_report = mlrun.log_metrics
 
         def on_epoch(result) -> None:
             mlrun.log_metrics(result.metrics, step=result.epoch)

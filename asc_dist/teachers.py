@@ -50,6 +50,7 @@ class TeachersConfig:
     max_failures: int = 2
     force: bool = False
     fail_once: str | None = None  # test-only: this teacher's trial fails once after its first checkpoint
+    progress_s: float = 30.0  # a progress line inside each epoch at least this often
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -143,7 +144,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
             val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
             dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
-            fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher,
+            fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s,
         )
         results = _tune(todo, ctx, cfg, run_dir)
     rows = _manifest(run_dir, roster, results, store.fingerprint)
@@ -248,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default MLFLOW_TRACKING_URI or sqlite in OUT)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
+    p.add_argument("--progress-s", type=float, default=30.0, help="a progress line (clips/s, ETAs) inside each epoch at least this often")
     p.add_argument("--force", action="store_true", help="retrain teachers whose logits exist")
     p.add_argument("--fail-once", default=None, help=argparse.SUPPRESS)  # test-only failure injection
     p.add_argument("-v", "--verbose", action="store_true")
@@ -265,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,
+        progress_s=args.progress_s,
     )
     run_teachers(cfg)
     return 0

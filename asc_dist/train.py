@@ -23,6 +23,7 @@ from torch import nn
 from asc_dist.audio.store import SplitData
 from asc_dist.augment import MixInfo, SpecPipeline, WavePipeline
 from asc_dist.batches import Batch, BatchLoader
+from asc_dist.pace import Pace
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
+        self.pace = Pace()  # in-epoch progress lines and the first-batches time estimate
 
     def state_dict(self) -> dict:
         return {
@@ -160,7 +162,10 @@ class Trainer:
         self.loader.wait_s = 0.0
         total_loss, correct, seen, parts_sum = 0.0, 0, 0, {}
         start = time.perf_counter()
-        for batch in self.loader:
+        self.pace.start_epoch()
+        batches = len(self.loader)
+        per_epoch = min(len(self.train_data), batches * self.cfg.batch_size)
+        for done, batch in enumerate(self.loader, start=1):
             waves = torch.from_numpy(batch.waves).to(self.device, non_blocking=True)
             labels = torch.from_numpy(batch.labels).to(self.device)
             mix = None
@@ -185,6 +190,7 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * n
             correct += int((logits.argmax(1) == labels).sum())
             seen += n
+            self.pace.tick(self.name, self.epoch + 1, self.cfg.epochs, done, batches, seen, max(per_epoch, seen), start)
         elapsed = time.perf_counter() - start
         metrics = {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
         metrics.update({f"train_{k}": v / max(seen, 1) for k, v in parts_sum.items()})
