@@ -42,6 +42,7 @@ from asc_dist.errors import ConfigError, LogitsError
 from asc_dist.logits import TeacherLogits, load_teachers, targets_path, write_targets
 from asc_dist.metrics import evaluate_predictions, order_devices
 from asc_dist.plots import bar_figure
+from asc_dist.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +405,11 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
     }
 
     chosen = data.logits[index]
+    with run_lock(run_dir):
+        return _write_and_log(cfg, run_dir, uri, data, names, chosen, w, b, report, results, weights, selection)
+
+
+def _write_and_log(cfg, run_dir, uri, data, names, chosen, w, b, report, results, weights, selection) -> dict[str, Any]:
     write_targets(
         run_dir, data.filenames, data.splits, data.devices, data.labels,
         fuse(chosen, w, b), average(chosen), data.classes, names, data.fingerprint,

@@ -20,6 +20,7 @@ from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
 from asc_dist.prepare import DataConfig
 from asc_dist.roster import DEFAULT_ROSTER, DEMO_ROSTER
+from asc_dist.run_lock import run_lock
 
 log = logging.getLogger("asc_dist.pipeline")
 STATE = "pipeline.json"
@@ -78,7 +79,6 @@ class StepState:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     from asc_dist import tracking
-    from asc_dist.prepare import prepare_store
 
     quiet_third_party()
     profile = replace(PROFILES[cfg.profile], **cfg.overrides)
@@ -90,6 +90,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
         connect(cfg.address)
     data = cfg.data if cfg.data.root or profile.clips_per_device is None else replace(cfg.data, synth_clips_per_device=profile.clips_per_device)
+    with run_lock(run_dir):  # one writer per run folder; the steps below take it again (re-entrant)
+        return _run_steps(cfg, profile, run_dir, uri, data)
+
+
+def _run_steps(cfg: PipelineConfig, profile: Profile, run_dir: Path, uri: str, data: DataConfig) -> dict:
+    from asc_dist.prepare import prepare_store
+
     start, ran = time.perf_counter(), []
     store = prepare_store(data, run_dir)  # skips itself: synth once, pack by fingerprint
     data = replace(data, store=str(store.path))

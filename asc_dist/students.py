@@ -13,6 +13,7 @@ from asc_dist.cli import quiet_third_party, run_main, setup_logging
 from asc_dist.distill import TARGET_KINDS, StudentConfig, train_student
 from asc_dist.errors import ConfigError
 from asc_dist.prepare import DataConfig
+from asc_dist.run_lock import run_lock
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     cfg = config_from_args(args)
     cfg.validate()  # before any data preparation or training
-    result = train_student(cfg)
+    with run_lock(cfg.run_dir):
+        result = train_student(cfg)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=str))
     return 0
 

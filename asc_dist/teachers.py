@@ -22,6 +22,7 @@ from asc_dist.errors import ConfigError
 from asc_dist.logits import read_teacher_meta, teacher_logits_path
 from asc_dist.prepare import DataConfig, prepare_store
 from asc_dist.roster import TeacherConfig, load_roster, take
+from asc_dist.run_lock import run_lock
 from asc_dist.teacher_trial import TeacherRunContext
 
 log = logging.getLogger("asc_dist.teachers")
@@ -129,6 +130,11 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     check_writable(run_dir)
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)
+    with run_lock(run_dir):
+        return _train_missing(cfg, roster, run_dir, uri)
+
+
+def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path, uri: str) -> list[dict]:
     store = prepare_store(cfg.data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     carve = (cfg.data.val_fraction, cfg.data.val_seed)

@@ -20,6 +20,7 @@ from asc_dist import tracking
 from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
 from asc_dist.distill import StudentConfig, check_fit_split
+from asc_dist.run_lock import run_lock
 from asc_dist.errors import ConfigError
 from asc_dist.kd import validate_kd
 from asc_dist.prepare import DataConfig
@@ -122,8 +123,8 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         log.info("sweep results in %s are up to date; nothing to run", results_file)
         return json.loads(results_file.read_text())["trials"]
     connect(sweep.address)
-    with tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=_sweep_params(sweep),
-                      tags={"asc_dist.step": "sweep"}) as parent:
+    with run_lock(sweep.run_dir), tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                params=_sweep_params(sweep), tags={"asc_dist.step": "sweep"}) as parent:
         rows = _tune(sweep, parent.run_id, uri)
         _quantize_best(sweep, rows, store, parent.run_id, uri)
         from asc_dist.sweep_report import log_sweep_report

@@ -23,6 +23,7 @@ from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
 from asc_dist.errors import ConfigError
 from asc_dist.prepare import DataConfig
+from asc_dist.run_lock import run_lock
 from asc_dist.study.plan import PROFILES, Row, best_single_teacher, rows
 
 log = logging.getLogger("asc_dist.study")
@@ -101,6 +102,7 @@ def run_study(cfg: StudyConfig) -> dict:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     start = time.perf_counter()
     with ExitStack() as stack:
+        stack.enter_context(run_lock(run_dir))
         parents = {}
         for table in profile.tables:
             handle = stack.enter_context(tracking.run(uri, cfg.experiment, f"study-table-{table}", params={
