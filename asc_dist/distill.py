@@ -106,8 +106,10 @@ class StudentConfig:
         if isinstance(self.adir_tau, str) and self.adir_tau != "auto":
             raise ConfigError(f"Auto-DIR tau {self.adir_tau!r} is neither a number nor 'auto'")
         self.augment()  # probabilities and ranges; DIR without --dirs uses generated responses (asc_dist.dir_bank)
-        if self.epochs < 0 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ConfigError("epochs and qat epochs must be >= 0, lr > 0 and batch size >= 1")
+        if self.epochs < 1 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError(f"--epochs must be >= 1 (got {self.epochs}: an untrained student is not worth exporting), "
+                              "--qat-epochs >= 0, --lr > 0 and --batch-size >= 1")
+        self.data.check()
 
     def to_dict(self) -> dict:
         return asdict(self)

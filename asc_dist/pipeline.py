@@ -82,6 +82,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     quiet_third_party()
     profile = replace(PROFILES[cfg.profile], **cfg.overrides)
+    cfg.data.check()
     run_dir = Path(cfg.run_dir).resolve()
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)

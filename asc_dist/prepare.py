@@ -29,6 +29,12 @@ class DataConfig:
     synth_seed: int = 0
     dirs: str | None = None  # device impulse responses, used by the synthetic generator and by DIR
 
+    def check(self) -> None:
+        """Options every step validates in its driver, before Ray or MLflow start."""
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DatasetError(f"--val-fraction {self.val_fraction} must be in (0, 1): the fusion is fitted on the "
+                               "validation split (whole recording locations carved from fold1_train); 0.15 is the default")
+
 
 def synthetic_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "data"

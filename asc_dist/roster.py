@@ -61,9 +61,26 @@ def _teacher(entry: dict, defaults: dict, where: str) -> TeacherConfig:
         if key not in merged:
             raise ConfigError(f"{where}: every teacher needs a '{key}'")
     try:
-        return TeacherConfig(**merged)
+        config = TeacherConfig(**merged)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    _check_types(config, where)
+    return config
+
+
+def _check_types(t: TeacherConfig, where: str) -> None:
+    """YAML happily gives a string where a number belongs (`epochs: "two"`): say which setting, before Ray starts."""
+    import re
+
+    for f in fields(TeacherConfig):
+        value = getattr(t, f.name)
+        want = {"int": int, "float": (int, float), "str": str}.get(str(f.type).split(" |")[0].strip("'"))
+        if value is None and "None" in str(f.type):
+            continue
+        if want is not None and (not isinstance(value, want) or isinstance(value, bool)):
+            raise ConfigError(f"{where}: {f.name} must be {str(f.type).split(' |')[0]}, got {value!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t.name):
+        raise ConfigError(f"{where}: teacher name {t.name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
 
 
 def load_roster(path: str | Path | None = None) -> list[TeacherConfig]:
@@ -76,7 +93,12 @@ def load_roster(path: str | Path | None = None) -> list[TeacherConfig]:
         raise ConfigError(f"roster file {path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("teachers"), list) or not doc["teachers"]:
         raise ConfigError(f"roster file {path} needs a non-empty 'teachers:' list (and optional 'defaults:')")
+    unknown = sorted(set(doc) - {"defaults", "teachers"})
+    if unknown:
+        raise ConfigError(f"roster file {path}: unknown top-level key(s) {unknown}; a roster has 'defaults:' and 'teachers:'")
     defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"roster file {path}: 'defaults:' must be a mapping of teacher settings")
     teachers = [_teacher(t, defaults, f"{path} teacher {i + 1}") for i, t in enumerate(doc["teachers"])]
     names = [t.name for t in teachers]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -126,6 +126,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     roster = with_weights(roster, {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})})
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
+    cfg.data.check()
     roster = validate_teachers(roster, cfg.data.dirs)
     check_writable(run_dir)
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)

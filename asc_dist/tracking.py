@@ -32,8 +32,14 @@ def resolve_uri(run_dir: str | os.PathLike | None, explicit: str | None = None) 
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
 
+TRACKING_SCHEMES = ("http://", "https://", "sqlite:///", "file:", "databricks", "postgresql", "mysql", "mssql")
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail early (before any training) when an HTTP tracking server does not answer."""
+    """Fail early (before any training) on a tracking URI MLflow cannot use, or an HTTP server that does not answer."""
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise TrackingError(f"--mlflow-uri {uri!r} is not a tracking URI MLflow understands; give http://HOST:PORT of a "
+                            "server, sqlite:///PATH/mlflow.db, or leave it out to log to RUN/mlflow.db")
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -67,7 +73,8 @@ def experiment_id(name: str, uri: str) -> str:
     if uri.startswith("sqlite:///"):  # keep artifacts beside the db, not in whatever folder we were started from
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # MLflow 3's UI opens an experiment without this tag in its GenAI view, where runs have no metric columns
+        return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created concurrently by another trial
         return client.get_experiment_by_name(name).experiment_id
 

@@ -66,6 +66,7 @@ class SweepConfig:
             raise ConfigError(f"--scheduler {self.scheduler!r} is unknown; choose asha or fifo")
         if self.epochs < 1 or self.num_samples < 1:
             raise ConfigError("--epochs and --num-samples must be >= 1")
+        self.data.check()
 
     def fingerprint(self, targets_fp: str) -> str:
         d = asdict(self)

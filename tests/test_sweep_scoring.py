@@ -42,17 +42,23 @@ def test_students_refuse_the_fusions_fit_clips(tmp_path, synth_root, synth_store
     import pytest
 
     from asc_dist.errors import ConfigError
-    from tests.conftest import make_targets
+    import numpy as np
+
+    from asc_dist.logits import write_targets
 
     run = tmp_path / "run"
-    make_targets(run, synth_store)  # targets with the default carve (0.15): the fusion fit on its val clips
-    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root), store=str(synth_store.path), val_fraction=0.0),
+    # targets written with a wider carve (0.5): the fusion fitted on clips that are training clips at 0.15
+    wide = synth_store.table(0.5, 0)
+    write_targets(run, wide.filename, wide.split, wide.device, wide.label,
+                  np.eye(len(synth_store.classes), dtype=np.float32)[wide.label], np.eye(len(synth_store.classes), dtype=np.float32)[wide.label],
+                  synth_store.classes, ["t"], synth_store.fingerprint)  # fmt: skip
+    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root), store=str(synth_store.path), val_fraction=0.15),
                         epochs=1, device="cpu")  # fmt: skip
     with pytest.raises(ConfigError, match="fusion was fitted on"):
         train_student(cfg, store=synth_store)
     # the sweep's CLI takes the same option and refuses before any trial starts
     res = subprocess.run([sys.executable, "-m", "asc_dist.tune", "--run", str(run), "--data", str(synth_root), "--store",
-                          str(synth_store.path), "--val-fraction", "0", "--presets", "sm1", "--kd-lambda", "0.5", "--epochs", "1"],
+                          str(synth_store.path), "--val-fraction", "0.15", "--presets", "sm1", "--kd-lambda", "0.5", "--epochs", "1"],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 2 and "fusion was fitted on" in res.stderr and "Traceback" not in res.stderr
     assert not (run / "ray_results").exists()

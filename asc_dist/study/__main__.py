@@ -68,6 +68,7 @@ def run_study(cfg: StudyConfig) -> dict:
     from asc_dist.study import report
 
     quiet_third_party()
+    cfg.data.check()
     run_dir = Path(cfg.run_dir).resolve()
     cfg = replace(cfg, run_dir=str(run_dir))
     for needed, step in ((run_dir / "teachers.json", "teachers"), (run_dir / "fused" / "targets.parquet", "fusion")):
