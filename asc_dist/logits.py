@@ -9,6 +9,7 @@ Columns become numpy through the Arrow buffers (`fixed_size_list.values.to_numpy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ LOGITS_DIR = "logits"
 PART_FILE = "part-0.parquet"
 TARGETS_FILE = Path("fused") / "targets.parquet"
 _ROW_COLUMNS = ("filename", "split", "device", "label")
+DIGEST_KEY = "sha256"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,12 @@ def _check_name(name: str) -> None:
         )
 
 
+# Largest |logit| accepted. A trained classifier's logits are tens at most, and softmax saturates long before
+# (float32 exp underflows past differences of ~100); fused logits are scaled by a temperature of a few. A flipped
+# exponent bit gives 1e30 and more: 1e4 leaves a hundredfold margin above anything real and catches those.
+LOGIT_BOUND = 1e4
+
+
 def _check_finite(logits: np.ndarray, what: str) -> None:
     if not np.isfinite(logits).all():
         bad = int(np.count_nonzero(~np.isfinite(logits).all(axis=-1)))
@@ -110,6 +118,49 @@ def _check_finite(logits: np.ndarray, what: str) -> None:
             f"{what} has NaN or infinite logits in {bad} clips; re-score that teacher "
             "(a diverged model or a broken checkpoint) or leave it out with --teachers"
         )
+    peak = float(np.abs(logits).max()) if logits.size else 0.0
+    if peak > LOGIT_BOUND:
+        raise LogitsError(f"{what} has a logit of magnitude {peak:.3g}, beyond any trained model's ({LOGIT_BOUND:g}); "
+                          "the file is corrupt or the model diverged: re-score that teacher")
+
+
+# What a damaged file makes the Parquet reader raise (a corrupt footer can fail in many ways, none of them a bug)
+_DAMAGE = (OSError, pa.ArrowException, ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _digest(table: pa.Table, meta: dict[str, str]) -> str:
+    """SHA-256 of every column and the metadata: page checksums cover the data pages, this also the footer."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in meta if k != DIGEST_KEY):
+        h.update(f"{key}={meta[key]}\0".encode())
+    for name in table.column_names:
+        col = table[name].combine_chunks()
+        h.update(name.encode())
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            h.update("\0".join(col.to_pylist()).encode())
+        elif pa.types.is_fixed_size_list(col.type):
+            h.update(col.flatten().to_numpy(zero_copy_only=False).tobytes())
+        else:
+            h.update(col.to_numpy(zero_copy_only=False).tobytes())
+    return h.hexdigest()
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read with page checksums verified and the whole-file digest checked; any damage is one LogitsError."""
+    fix = "delete it and re-run the step that wrote it (teachers or fusion)"
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    except _DAMAGE as exc:
+        raise LogitsError(f"{path} is damaged ({_first_line(exc)}); {fix}") from None
+    if meta.get(DIGEST_KEY) != _digest(table.replace_schema_metadata(None), meta):
+        raise LogitsError(f"{path} does not match its own checksum (a corrupted byte); {fix}")
+    return table.select(columns) if columns else table
 
 
 def _logits_array(logits: np.ndarray) -> pa.FixedSizeListArray:
@@ -135,11 +186,15 @@ def _row_table(filenames, splits, devices, labels, n_classes: int, what: str) ->
 
 def _write(path: Path, cols: dict[str, pa.Array], metadata: dict[str, str]) -> Path:
     """Dictionaries and statistics only on the small columns: on 230 K unique filenames and random floats
-    they cost write time and (the filename dictionary) a 5x slower read, and no reader filters on them."""
-    table = pa.table(cols).replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    they cost write time and (the filename dictionary) a 5x slower read, and no reader filters on them.
+    Page checksums and a digest of the whole content (`_digest`) make any later corruption an error."""
+    table = pa.table(cols)
+    metadata = {**metadata, DIGEST_KEY: _digest(table, metadata)}
+    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in metadata.items()})
     with atomic_path(path) as tmp:
         pq.write_table(
-            table, tmp, use_dictionary=["split", "device"], write_statistics=["split", "device", "label"]
+            table, tmp, use_dictionary=["split", "device"], write_statistics=["split", "device", "label"],
+            write_page_checksum=True,
         )
     return path
 
@@ -178,10 +233,10 @@ def write_teacher_logits(
 def _footer(path: Path) -> tuple[dict[str, str], int, pa.Schema]:
     try:
         pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise LogitsError(f"{path}: not a readable Parquet file ({exc}); delete it and re-score that teacher") from None
-    raw = pf.schema_arrow.metadata or {}
-    return {k.decode(): v.decode() for k, v in raw.items()}, pf.metadata.num_rows, pf.schema_arrow
+        raw = pf.schema_arrow.metadata or {}
+        return {k.decode(): v.decode() for k, v in raw.items()}, pf.metadata.num_rows, pf.schema_arrow
+    except _DAMAGE as exc:
+        raise LogitsError(f"{path}: not a readable Parquet file ({_first_line(exc)}); delete it and re-run the step that wrote it") from None
 
 
 def read_teacher_meta(path: str | os.PathLike) -> TeacherMeta:
@@ -193,7 +248,10 @@ def read_teacher_meta(path: str | os.PathLike) -> TeacherMeta:
     if missing:
         raise LogitsError(f"{path}: missing {', '.join(missing)}; write it with asc_dist.logits.write_teacher_logits")
     name = path.parent.name.removeprefix("teacher=")
-    return TeacherMeta(name, path, json.loads(meta["classes"]), json.loads(meta["teacher"]), meta["fingerprint"], rows)
+    try:
+        return TeacherMeta(name, path, json.loads(meta["classes"]), json.loads(meta["teacher"]), meta["fingerprint"], rows)
+    except json.JSONDecodeError:
+        raise LogitsError(f"{path}: damaged metadata; delete it and re-score that teacher") from None
 
 
 def _discover(run_dir: Path, teachers: Sequence[str] | None) -> list[Path]:
@@ -226,7 +284,7 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, n_classes: int, what: 
 
 def _coverage_error(metas: list[TeacherMeta]) -> LogitsError:
     """Slow path, only on a mismatch: re-read the filenames and say which teacher lacks or repeats which clips."""
-    cols = [pq.read_table(m.path, columns=["filename"])["filename"] for m in metas]
+    cols = [_read(m.path, ["filename"])["filename"] for m in metas]
     sets = [set(c.to_pylist()) for c in cols]
     union = set().union(*sets)
     problems = []
@@ -268,7 +326,7 @@ def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = N
     metas = [read_teacher_meta(p) for p in _discover(Path(run_dir), teachers)]
     _check_same_meta(metas)
     names, n_classes, columns = [m.name for m in metas], len(metas[0].classes), [*_ROW_COLUMNS, "logits"]
-    table = pq.read_table(metas[0].path, columns=columns)
+    table = _read(metas[0].path, columns)
     first = table.select(list(_ROW_COLUMNS))  # the first teacher's rows in file order
     if pc.count_distinct(first["filename"]).as_py() != len(first):
         raise _coverage_error(metas)
@@ -279,7 +337,7 @@ def load_teachers(run_dir: str | os.PathLike, teachers: Sequence[str] | None = N
     for t, meta in enumerate(metas):
         what = f"teacher {meta.name!r} ({meta.path})"
         if t:
-            table = pq.read_table(meta.path, columns=columns)
+            table = _read(meta.path, columns)
         if table["filename"].equals(first["filename"]):
             # Same row order as the first teacher (scored from the same clip table): reuse its sort.
             idx = order_np
@@ -354,8 +412,8 @@ def load_targets(path: str | os.PathLike, column: str = "logits") -> FusedTarget
     meta, _, schema = _footer(path)
     if "classes" not in meta or "teachers" not in meta or column not in schema.names:
         raise LogitsError(f"{path}: not a fused-targets file; rewrite it with python -m asc_dist.fusion")
+    table = _read(path, [*_ROW_COLUMNS, column])
     classes = json.loads(meta["classes"])
-    table = pq.read_table(path, columns=[*_ROW_COLUMNS, column])
     table = table.take(pc.sort_indices(table["filename"]))
     values = _fixed_list_to_numpy(table[column], len(classes), str(path))
     _check_finite(values, f"{path} ({column})")

@@ -11,6 +11,7 @@ import pytest
 
 from asc_dist.errors import LogitsError
 from asc_dist.logits import (
+    _digest,
     load_targets,
     load_teachers,
     read_teacher_meta,
@@ -105,8 +106,13 @@ def test_non_finite_logits_name_the_teacher(tmp_path):
     table = table.set_column(4, "logits", pa.FixedSizeListArray.from_arrays(pa.array(flat), 4))
     target = teacher_logits_path(tmp_path, "broken")
     target.parent.mkdir(parents=True)
-    pq.write_table(table, target)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    meta["sha256"] = _digest(table.replace_schema_metadata(None), meta)  # a consistent file, but with an inf
+    pq.write_table(table.replace_schema_metadata(meta), target)
     with pytest.raises(LogitsError, match="'broken'.*NaN or infinite"):
+        load_teachers(tmp_path)
+    pq.write_table(table, target)  # the same without a matching digest: refused as damaged
+    with pytest.raises(LogitsError, match="does not match its own checksum"):
         load_teachers(tmp_path)
 
 
