@@ -10,6 +10,7 @@ validation carve-out, `val` = whole recording locations taken from fold1_train, 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def _find_subset_file(root: Path, percent: int) -> Path | None:
     return None
 
 
+def inside_root(root: Path, filenames: list[str], listed_in: Path) -> None:
+    """Every clip path must stay inside the dataset folder: a row naming /etc/passwd or ../../x is refused.
+
+    Lexical check (no symlink resolution), so a dataset whose audio/ is a symlink to another disk still works."""
+    base = os.path.normpath(os.path.abspath(root))
+    for name in filenames:
+        full = os.path.normpath(os.path.join(base, name))
+        if os.path.isabs(name) or not full.startswith(base + os.sep):
+            raise DatasetError(f"{listed_in} names {name!r}, which lies outside the dataset folder {root}; clip paths must be "
+                               "relative to it (e.g. audio/airport-lisbon-1000-40000-0-a.wav): fix that row")
+
+
 def read_layout(root: str | Path) -> TauLayout:
     """Read meta.csv and the fold files; raise DatasetError when the layout itself is missing."""
     root = Path(root)
@@ -92,7 +105,9 @@ def read_layout(root: str | Path) -> TauLayout:
             "source_label); for the real TAU22 data unzip its meta archive into the dataset folder"
         )
     meta: dict[str, MetaRow] = {}
-    for r in _read_tsv(meta_path):
+    rows = _read_tsv(meta_path)
+    inside_root(root, [r.get("filename") or "" for r in rows], meta_path)
+    for r in rows:
         try:
             meta[r["filename"]] = MetaRow(r["filename"], r["scene_label"], r["identifier"], r["source_label"])
         except KeyError as exc:
@@ -106,6 +121,7 @@ def read_layout(root: str | Path) -> TauLayout:
         if not path.is_file():
             raise DatasetError(f"{path} is missing: the TAU layout needs evaluation_setup/{name}.csv")
         folds[name] = _pairs(path)
+        inside_root(root, [f for f, _ in folds[name]], path)
     subsets = {}
     for percent in SUBSET_PERCENTS:
         path = _find_subset_file(root, percent)
