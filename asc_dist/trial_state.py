@@ -16,7 +16,22 @@ STATE_FILE = "state.pt"
 
 
 def load_state(folder: str | Path) -> dict:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    """Tensors and plain data only (`weights_only=True`): run folders are shared over NFS on a cluster, and a
+    pickle from there could run code. Everything a trainer saves (weights, optimiser and scheduler state,
+    RNG, history, the MLflow run id) is plain data."""
+    return load_plain(Path(folder) / STATE_FILE)
+
+
+def load_plain(path: str | Path) -> dict:
+    import pickle
+
+    from asc_dist.errors import ConfigError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(f"refusing to load {path}: it holds more than tensors and plain data ({str(exc).splitlines()[0][:120]}); "
+                          "it was not written by asc-dist: delete it") from None
 
 
 def report_epoch(metrics: dict, state: dict) -> None:

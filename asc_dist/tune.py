@@ -213,7 +213,7 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
 
     from asc_dist.distill import build_student_model
     from asc_dist.qat import quantize_student
-    from asc_dist.trial_state import load_state
+    from asc_dist.trial_state import load_plain, load_state
 
     if sweep.qat_epochs < 1:
         return
@@ -227,7 +227,7 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
         cfg = replace(_student(sweep, best, parent_run_id, uri), qat_epochs=sweep.qat_epochs, device="cpu")
         model = build_student_model(cfg, len(store.classes))
         if best["checkpoint"]:
-            state = torch.load(best["checkpoint"], map_location="cpu", weights_only=False)["model"]
+            state = load_plain(best["checkpoint"])["model"]
         else:
             state = load_state(best["tune_checkpoint"])["trainer"]["model"]
             log.warning("preset %s: every trial was stopped early; quantising %s from its epoch-%s checkpoint", preset, best["name"], best["epochs_run"])
