@@ -209,8 +209,6 @@ def _close_stopped_runs(rows: list[dict], parent_run_id: str, uri: str, experime
 def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: str, uri: str) -> None:
     """QAT-finetune and export the best trial of every preset (by validation accuracy): a finished one if any,
     else (every trial of the preset stopped by ASHA) the best stopped one, from its last Tune checkpoint."""
-    import torch
-
     from asc_dist.distill import build_student_model
     from asc_dist.qat import quantize_student
     from asc_dist.trial_state import load_plain, load_state
