@@ -31,7 +31,7 @@ class Row:
 @dataclass(frozen=True)
 class StudyProfile:
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 12
+    epochs: int = 8
     qat_epochs: int = 2
     tables: tuple[str, ...] = ("IV", "V", "II")
     presets: tuple[str, ...] = ("sm1", "sm2", "sm3", "sm4")
@@ -42,7 +42,7 @@ class StudyProfile:
 
 
 PROFILES = {
-    # Two CPU cores, about an hour on the synthetic default: 12 epochs, QAT 2 epochs, 3 seeds.
+    # Two CPU cores, about 50 minutes on the synthetic default: 8 epochs, QAT 2 epochs, 3 seeds.
     "study": StudyProfile(),
     # TAU22 on GPUs: the paper's length (CP-JKU train students 150-250 epochs).
     "full": StudyProfile(epochs=150, qat_epochs=24),
