@@ -32,6 +32,7 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         finally:
             _held[folder][1] -= 1
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -46,9 +47,14 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
     _held[folder] = [fd, 1]
+    failed = True
     try:
         yield folder
+        failed = False
     finally:
         del _held[folder]
+        if failed and created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            path.unlink()  # a step that failed before writing anything leaves no new folder behind
+            folder.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

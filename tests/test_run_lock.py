@@ -46,3 +46,13 @@ def test_reentrant_within_one_process(tmp_path):
             pass
         with run_lock(tmp_path):
             pass
+
+
+def test_a_failed_step_leaves_no_new_folder(tmp_path):
+    import pytest
+
+    run = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        with run_lock(run):
+            raise RuntimeError("bad input found inside the step")
+    assert not run.exists()
