@@ -142,7 +142,11 @@ def _digest(table: pa.Table, meta: dict[str, str]) -> str:
         col = table[name].combine_chunks()
         h.update(name.encode())
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            h.update("\0".join(col.to_pylist()).encode())
+            # the offsets and the bytes they delimit, straight from Arrow's buffers (no Python strings)
+            width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+            offsets = np.frombuffer(col.buffers()[1], dtype=width)[col.offset : col.offset + len(col) + 1].astype(np.int64)
+            h.update((offsets - offsets[0]).tobytes())
+            h.update(memoryview(col.buffers()[2])[offsets[0] : offsets[-1]] if len(col) else b"")
         elif pa.types.is_fixed_size_list(col.type):
             h.update(col.flatten().to_numpy(zero_copy_only=False).tobytes())
         else:
