@@ -115,10 +115,6 @@ class ContextSplit:
     def __len__(self) -> int:
         return len(self.index.windows)
 
-    @property
-    def parts(self) -> int:
-        return self.index.windows.shape[1]
-
     def waves(self, index: np.ndarray) -> np.ndarray:
         """float32 [len(index), K * samples]: each window's clips, read from the store, joined."""
         positions = self.index.windows[np.asarray(index)]

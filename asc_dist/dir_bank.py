@@ -73,15 +73,20 @@ def load_bank(dirs: str | None, sample_rate: int, dataset_root: str | Path | Non
     return ImpulseResponseBank(irs=bank.irs[idx], lengths=bank.lengths[idx], names=tuple(bank.names[i] for i in keep), sample_rate=sample_rate)
 
 
-def auto_tau(train, sample_rate: int, device: str = "a") -> tuple[float, float]:
-    """(tau, share of device-a training clips above it): the mean Auto-DIR energy of those clips."""
+def _device_a_energies(train, sample_rate: int, device: str = "a") -> np.ndarray:
+    """Auto-DIR energies of (a seeded sample of at most ENERGY_SAMPLE) device-a training clips, read in chunks."""
     rows = np.flatnonzero(train.table.device == device)
-    if len(rows) == 0:
-        return ADIR_TAU, 0.0
     if len(rows) > ENERGY_SAMPLE:
         rows = np.sort(np.random.default_rng(0).choice(rows, ENERGY_SAMPLE, replace=False))
-    energy = np.concatenate([clip_energy(torch.from_numpy(train.waves(rows[i : i + 512])), sample_rate).numpy()
-                             for i in range(0, len(rows), 512)])  # fmt: skip
+    chunks = [clip_energy(torch.from_numpy(train.waves(rows[i : i + 512])), sample_rate).numpy() for i in range(0, len(rows), 512)]
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def auto_tau(train, sample_rate: int) -> tuple[float, float]:
+    """(tau, share of device-a training clips above it): the mean Auto-DIR energy of those clips."""
+    energy = _device_a_energies(train, sample_rate)
+    if len(energy) == 0:
+        return ADIR_TAU, 0.0
     tau = float(energy.mean())
     return tau, float((energy > tau).mean())
 
@@ -90,13 +95,13 @@ def resolve_tau(tau: float | str, train, sample_rate: int) -> float:
     """A number as given; "auto" computed from the training clips. Warns when the gate is (nearly) shut or open."""
     if tau != "auto":
         value = float(tau)
-        rows = np.flatnonzero(train.table.device == "a")[:ENERGY_SAMPLE]
-        share = float((clip_energy(torch.from_numpy(train.waves(rows)), sample_rate).numpy() > value).mean()) if len(rows) else 0.0
+        energy = _device_a_energies(train, sample_rate)
+        share = float((energy > value).mean()) if len(energy) else 0.0
     else:
         value, share = auto_tau(train, sample_rate)
         log.info("Auto-DIR tau = %.3g (mean energy of the device-a training clips); the gate opens for %.0f %% of them", value, 100 * share)
     if share < 0.05 or share > 0.95:
         log.warning("Auto-DIR tau = %.3g opens the gate for %.1f %% of device-a training clips: Auto-DIR then equals %s; "
-                    "use --adir-tau auto or a value near the clips' mean energy", value, 100 * share,
+                    "use --adir auto,P or a tau near the clips' mean energy", value, 100 * share,
                     "no augmentation" if share < 0.05 else "plain DIR")  # fmt: skip
     return value

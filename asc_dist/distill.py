@@ -121,10 +121,11 @@ def build_student_model(cfg: StudentConfig, n_classes: int) -> torch.nn.Module:
     return build_student(cfg.model, cfg.preset, n_classes=n_classes, norm=cfg.norm)
 
 
-def refuse_fit_clips(fitted: list[str], path: Path, val_fraction: float) -> None:
+def refuse_fit_clips(targets, filenames, path: Path, val_fraction: float) -> None:
     """Fused targets of the clips the fusion was fitted on are in-sample: a student must not train on them."""
     from asc_dist.fusion import FIT_SPLIT
 
+    fitted = sorted(set(np.asarray(filenames).tolist()) & set(targets.filenames[targets.splits == FIT_SPLIT].tolist()))
     if fitted:
         raise ConfigError(
             f"{len(fitted)} of the student's training clips (first: {fitted[0]}) are clips the fusion was fitted on "
@@ -137,11 +138,8 @@ def check_fit_split(cfg: StudentConfig, store: WaveformStore) -> None:
     if cfg.targets not in ("fused", "average"):
         return
     path = targets_path(cfg.run_dir)
-    targets = load_targets(path)
-    from asc_dist.fusion import FIT_SPLIT
-
-    train = set(store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename.tolist())
-    refuse_fit_clips(sorted(train & set(targets.filenames[targets.splits == FIT_SPLIT].tolist())), path, cfg.data.val_fraction)
+    train = store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename
+    refuse_fit_clips(load_targets(path), train, path, cfg.data.val_fraction)
 
 
 def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:
@@ -163,11 +161,8 @@ def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarra
     targets = load_targets(path, column="logits" if cfg.targets == "fused" else "average")
     if list(targets.classes) != store.classes:
         raise LogitsError(f"{path} has classes {targets.classes} but the dataset has {store.classes}; re-run the teachers and fusion on this dataset")
+    refuse_fit_clips(targets, filenames, path, cfg.data.val_fraction)
     lookup = {f: i for i, f in enumerate(targets.filenames)}
-    from asc_dist.fusion import FIT_SPLIT
-
-    fitted = [f for f in filenames if f in lookup and targets.splits[lookup[f]] == FIT_SPLIT]
-    refuse_fit_clips(fitted, path, cfg.data.val_fraction)
     missing = [f for f in filenames if f not in lookup]
     if missing:
         raise LogitsError(

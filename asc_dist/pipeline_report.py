@@ -42,9 +42,9 @@ def _teachers_section(run_dir: Path) -> list[str]:
     lines = ["## Teachers", "", "| teacher | family | context s | init | params | train acc | val acc | test acc | unseen acc | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        wall = f"{r['wall_s']:.0f}" if isinstance(r.get("wall_s"), (int, float)) else "-"
         lines.append(f"| {r['teacher']} | {r['family']} | {r.get('context_s') or 1} | {r.get('init') or '-'} | {r.get('params') or 0:,} | "
-                     f"{_pct(r.get('train_acc'))} | {_pct(r.get('val_acc'))} | {_pct(r.get('test_acc'))} | {_pct(r.get('unseen_acc'))} | {wall} |")
+                     f"{_pct(r.get('train_acc'))} | {_pct(r.get('val_acc'))} | {_pct(r.get('test_acc'))} | {_pct(r.get('unseen_acc'))} | "
+                     f"{_num(r.get('wall_s'), 0)} |")
     lines += ["", _margin_sentence(rows, run_dir)]
     return lines
 

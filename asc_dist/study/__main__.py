@@ -42,17 +42,23 @@ class StudyConfig:
     experiment: str = "study"
 
 
-def _job_id(row: Row, seed: int, epochs: int, qat: int) -> str:
-    return hashlib.sha256(json.dumps([row.key, seed, epochs, qat]).encode()).hexdigest()[:12]
+def _qat_epochs(row: Row, profile) -> int:
+    return profile.qat_epochs if dict(row.changes).get("qat") else 0
+
+
+def _job_id(row: Row, seed: int, profile) -> str:
+    """One trained student: the row's configuration, the seed and the training length (shared rows share ids)."""
+    return hashlib.sha256(json.dumps([row.key, seed, profile.epochs, _qat_epochs(row, profile)]).encode()).hexdigest()[:12]
 
 
 def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: str | None):
     from asc_dist.distill import StudentConfig
 
     changes = dict(row.changes)
-    qat = profile.qat_epochs if changes.pop("qat", False) else 0
+    changes.pop("qat", None)
+    qat = _qat_epochs(row, profile)
     fields = {**profile.recipe, **changes}
-    name = f"study-{_job_id(row, seed, profile.epochs, qat)}"
+    name = f"study-{_job_id(row, seed, profile)}"
     return StudentConfig(run_dir=cfg.run_dir, data=cfg.data, **fields, epochs=profile.epochs, qat_epochs=qat, seed=seed,
                          name=name, experiment=cfg.experiment, mlflow_uri=uri, parent_run_id=parent, threads=1,
                          device="cpu" if qat else "auto")  # fmt: skip
@@ -115,7 +121,7 @@ def run_study(cfg: StudyConfig) -> dict:
         jobs: dict[str, tuple[Row, int]] = {}
         for row in plan:
             for seed in profile.seeds:
-                jobs.setdefault(_job_id(row, seed, profile.epochs, profile.qat_epochs if dict(row.changes).get("qat") else 0), (row, seed))
+                jobs.setdefault(_job_id(row, seed, profile), (row, seed))
         todo = {j: rs for j, rs in jobs.items() if not (folder / "results" / f"{j}.json").is_file()}
         log.info("study: %d rows x %d seeds = %d students, %d to train (%d done before)", len(plan), len(profile.seeds),
                  len(jobs), len(todo), len(jobs) - len(todo))  # fmt: skip
@@ -135,7 +141,7 @@ def run_study(cfg: StudyConfig) -> dict:
                          jobs[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
         row_results = []
         for row in plan:
-            ids = [_job_id(row, s, profile.epochs, profile.qat_epochs if dict(row.changes).get("qat") else 0) for s in profile.seeds]
+            ids = [_job_id(row, s, profile) for s in profile.seeds]
             res = [json.loads((folder / "results" / f"{j}.json").read_text()) for j in ids]
             row_results.append({"table": row.table, "label": row.label, "changes": dict(row.changes), "seeds": list(profile.seeds), "results": res})
         summary = report.summarise(row_results)
