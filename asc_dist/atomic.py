@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +16,13 @@ from pathlib import Path
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; on success rename it onto `target`, on failure delete it.
 
-    Works for files and folders alike (the caller creates whatever it wants at the yielded path).
+    Works for files and folders alike (the caller creates whatever it wants at the yielded path). The temp
+    name carries host and PID, so the next write of the same target removes what a killed writer left.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(target)}{_owner()}.", suffix=".tmp", dir=target.parent))
     work = tmp / target.name
     try:
         yield work
@@ -37,3 +41,39 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Delete temp siblings of `target` whose writer (on this host) is gone: a crash or a full disk must not
+    leave a half-written store keeping the disk full. Temps of live writers and of other hosts stay."""
+    target = Path(target)
+    host, removed = socket.gethostname(), []
+    if not target.parent.is_dir():
+        return removed
+    prefix = _temp_prefix(target)
+    for tmp in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        owner = tmp.name[len(prefix):].split(".", 1)[0]
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

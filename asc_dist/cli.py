@@ -34,11 +34,18 @@ def quiet_third_party() -> None:
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point: user errors become `error: <message>` and exit 2."""
+    """Run a CLI entry point: user errors and a full disk become `error: <message>` and exit 2."""
     try:
         code = main(argv)
     except AscDistError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:
+        from asc_dist.diskspace import disk_full_message, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

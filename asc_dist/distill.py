@@ -235,7 +235,7 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
     uri = tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri)
     params = {**{k: v for k, v in cfg.to_dict().items() if k not in ("data",)}, "data": cfg.data.__dict__, "params": cx.params, "macs": cx.macs}
     with tracking.run(uri, cfg.experiment, cfg.run_name, params=params, tags={"asc_dist.step": "student", "preset": cfg.preset},
-                      parent_run_id=cfg.parent_run_id, resume_run_id=resume_id) as mlrun:
+                      parent_run_id=cfg.parent_run_id, resume_run_id=resume_id, run_dir=cfg.run_dir) as mlrun:
         if trainer.adir_tau is not None:
             mlrun.log_metrics({"adir_tau": trainer.adir_tau})
         if resume_id is None:

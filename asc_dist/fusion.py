@@ -418,7 +418,7 @@ def _write_and_log(cfg, run_dir, uri, data, names, chosen, w, b, report, results
     print(_table(results, weights))
 
     params = {k: (",".join(v) if isinstance(v, list) else v) for k, v in asdict(cfg).items()}
-    with tracking.run(uri, cfg.experiment, f"fusion-{run_dir.name}", params=params) as run:
+    with tracking.run(uri, cfg.experiment, f"fusion-{run_dir.name}", params=params, run_dir=run_dir) as run:
         metrics = _mlflow_metrics(report)
         items = list(metrics.items())
         for i in range(0, len(items), 900):

@@ -26,6 +26,7 @@ from asc_dist.logits import write_teacher_logits
 from asc_dist.pace import Pace
 from asc_dist.roster import TeacherConfig
 from asc_dist.train import OptimConfig, Trainer
+from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, resume_from
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
 def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resume_run_id: str | None = None):
     return tracking.run(
         ctx.mlflow_uri, ctx.experiment, t.name, params={**t.to_dict(), "params": params, "fingerprint": ctx.fingerprint},
-        tags={"asc_dist.step": "teacher", "family": t.family}, resume_run_id=resume_run_id,
+        tags={"asc_dist.step": "teacher", "family": t.family}, resume_run_id=resume_run_id, run_dir=ctx.run_dir,
     )
 
 
@@ -165,7 +166,6 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
     if resume:
         trainer.load_state_dict(resume["trainer"])
         mlflow_run_id = resume.get("mlflow_run_id")
-        log.info("[%s] resumed from checkpoint after epoch %d", t.name, trainer.epoch)
     params = sum(p.numel() for p in trainer.model.parameters())
     with open_mlflow_run(t, ctx, params, mlflow_run_id) as mlrun:
         trainer.pace.on_report = mlrun.log_metrics
@@ -181,13 +181,19 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
         return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start)
 
 
+def teacher_checkpoint(t: TeacherConfig, ctx: TeacherRunContext) -> TrialCheckpoint:
+    """The teacher's epoch checkpoint, keyed by what it learns from: config, data and validation carve."""
+    return TrialCheckpoint.of(ctx.run_dir, "teachers", t.name, f"{t.config_hash()}-{ctx.fingerprint}-{ctx.val_fraction}-{ctx.val_seed}")
+
+
 def tune_trainable(config: dict) -> None:
-    """Ray Tune function trainable: one teacher per trial, a checkpoint per epoch."""
+    """Ray Tune function trainable: one teacher per trial, a checkpoint per epoch at a stable path, so a
+    restarted trial or a rerun of a killed driver continues from the last epoch."""
     from ray import tune
 
-    from asc_dist.trial_state import report_epoch, resume_state
-
-    summary = train_teacher(TeacherConfig(**config["teacher"]), TeacherRunContext(**config["context"]), report_epoch, resume_state())
+    t, ctx = TeacherConfig(**config["teacher"]), TeacherRunContext(**config["context"])
+    checkpoint = teacher_checkpoint(t, ctx)
+    summary = train_teacher(t, ctx, epoch_reporter(checkpoint), resume_from(checkpoint, t.name))
     tune.report({**summary, "finished": 1})
 
 

@@ -1,7 +1,8 @@
 """`python -m asc_dist.teachers --n 12`: train N teachers in parallel with Ray Tune; logits to Parquet.
 
 One function trial per teacher, as many at once as the cluster's resources allow (fractional GPUs work).
-Every trial checkpoints each epoch and a failed trial restarts from its last checkpoint (FailureConfig).
+Every trial checkpoints each epoch to RUN/checkpoints/teachers/; a failed trial restarts from its last
+checkpoint (FailureConfig), and after the driver itself was killed the same command continues there.
 A teacher whose logits already exist with the same config and data fingerprint is skipped; `--force`
 retrains. `--workers-per-teacher W` trains each teacher data-parallel over W Ray Train workers.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from asc_dist import tracking
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.diskspace import DiskFullError, require_free
 from asc_dist.errors import ConfigError
 from asc_dist.logits import read_teacher_meta, teacher_logits_path
 from asc_dist.prepare import DataConfig, prepare_store
@@ -27,6 +29,8 @@ from asc_dist.teacher_trial import TeacherRunContext
 
 log = logging.getLogger("asc_dist.teachers")
 MANIFEST = "teachers.json"
+CHECKPOINT_ALLOWANCE = 32 * 2**20  # a small teacher's epoch checkpoint and MLflow artifacts (PaSST's are larger)
+DISK_FULL = "No space left on device"
 
 
 @dataclass
@@ -144,7 +148,11 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
     if skipped:
         log.info("skipping %d teacher(s) with up-to-date logits: %s", len(skipped), ", ".join(skipped))
     results: dict[str, dict] = {}
+    errors: dict[str, str | None] = {}
     if todo:
+        clips = sum(store.manifest["splits"].values())
+        require_free(run_dir, len(todo) * (2 * clips * len(store.classes) * 4 + CHECKPOINT_ALLOWANCE),
+                     f"{len(todo)} teacher(s) (logits, epoch checkpoints, MLflow)", "free space there or pass --out to a disk with room")
         tracking.experiment_id(cfg.experiment, uri)  # create the store once, before trials race to migrate it
         ctx = TeacherRunContext(
             run_dir=str(run_dir), store=str(store.path.resolve()), val_fraction=cfg.data.val_fraction,
@@ -153,16 +161,29 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
             fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s,
         )
-        results = _tune(todo, ctx, cfg, run_dir)
+        tracking.close_abandoned(uri, cfg.experiment, run_dir)
+        from asc_dist.teacher_trial import teacher_checkpoint
+
+        if cfg.force:
+            for t in todo:
+                teacher_checkpoint(t, ctx).clear()  # --force retrains from epoch 1
+        results, errors = _tune(todo, ctx, cfg, run_dir)
+        for t in todo:
+            if t.name in results:
+                teacher_checkpoint(t, ctx).clear()  # the logits file is what marks a teacher done
     rows = _manifest(run_dir, roster, results, store.fingerprint)
     print(format_summary(rows))
     failed = [t.name for t in todo if t.name not in results]
+    if failed and any(DISK_FULL in (e or "") for e in errors.values()):
+        raise DiskFullError(f"teacher(s) {', '.join(failed)} stopped: the disk under {run_dir} is full (No space left on device); "
+                            "free space there or pass --out to a disk with room, then run the same command: finished teachers are kept")
     if failed:
         raise ConfigError(f"teacher(s) {', '.join(failed)} failed after {cfg.max_failures} retries; see the log in {run_dir / 'ray_results'}")
     return rows
 
 
-def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path) -> dict[str, dict]:
+def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Run the trials; returns the finished teachers' summaries and each trial's error text (None if none)."""
     from ray import tune
 
     from asc_dist.cluster import connect
@@ -190,18 +211,18 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
             name=f"teachers-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(run_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[EpochProgress("teacher")],
             verbose=0,
         ),
     )
     grid = tuner.fit()
-    results = {}
+    results, errors = {}, {}
     for result in grid:
         metrics = result.metrics or {}
+        errors[result.config["teacher"]["name"]] = str(result.error) if result.error else None
         if result.error is None and metrics.get("finished"):
             results[metrics["teacher"]] = metrics
-    return results
+    return results, errors
 
 
 def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dict], fingerprint: str) -> list[dict]:

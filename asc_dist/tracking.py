@@ -20,6 +20,7 @@ from typing import Any
 from asc_dist.errors import TrackingError
 
 log = logging.getLogger(__name__)
+RUN_DIR_TAG = "asc_dist.run_dir"
 
 
 def resolve_uri(run_dir: str | os.PathLike | None, explicit: str | None = None) -> str:
@@ -99,19 +100,26 @@ def run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
     resume_run_id: str | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> Iterator["Run"]:
     """Start an MLflow run (nested under `parent_run_id` if given), or reopen `resume_run_id` after a
-    restart; always end it (FINISHED, or FAILED on an exception)."""
+    restart; always end it (FINISHED, or FAILED on an exception). `run_dir` tags the run with its run
+    folder, so a later step there can tell the runs a killed process left RUNNING (`close_abandoned`)."""
     import mlflow
 
     exp_id = experiment_id(experiment, uri)
     all_tags = dict(tags or {})
+    if run_dir is not None:
+        all_tags[RUN_DIR_TAG] = str(Path(run_dir).resolve())
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     client = mlflow.MlflowClient(uri)
     if resume_run_id:
         client.update_run(resume_run_id, status="RUNNING")
         run_id = resume_run_id
+        if "asc_dist.abandoned" in client.get_run(run_id).data.tags:  # closed by close_abandoned; continued now
+            client.delete_tag(run_id, "asc_dist.abandoned")
+        client.set_tag(run_id, "asc_dist.resumed", "true")
     else:
         run_id = client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
     handle = Run(client, run_id)
@@ -123,6 +131,28 @@ def run(
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
+
+
+def close_abandoned(uri: str, experiment: str, run_dir: str | os.PathLike) -> list[str]:
+    """Mark KILLED the runs of this run folder still RUNNING in `experiment`: the caller holds the folder's
+    run lock, so no live process writes them; they were left by a killed one. A trial that resumes one of
+    them reopens it (RUNNING again, then FINISHED). Returns the names of the runs closed."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    folder = str(Path(run_dir).resolve())
+    closed = []
+    for r in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=5000):
+        if r.data.tags.get(RUN_DIR_TAG) == folder:
+            client.set_tag(r.info.run_id, "asc_dist.abandoned", "true")
+            client.set_terminated(r.info.run_id, status="KILLED")
+            closed.append(r.info.run_name)
+    if closed:
+        log.info("marked %d MLflow run(s) left RUNNING by a killed earlier process KILLED: %s", len(closed), ", ".join(sorted(closed)))
+    return closed
 
 
 class Run:

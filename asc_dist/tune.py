@@ -24,9 +24,11 @@ from asc_dist.run_lock import run_lock
 from asc_dist.errors import ConfigError
 from asc_dist.kd import validate_kd
 from asc_dist.prepare import DataConfig
+from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, resume_from
 
 log = logging.getLogger("asc_dist.tune")
 RESULTS = "sweep/results.json"
+PARENT = "sweep/parent.json"  # the sweep's MLflow parent run, reopened when a killed sweep is resumed
 
 
 @dataclass
@@ -85,20 +87,46 @@ def _student(sweep: SweepConfig, trial: dict, parent_run_id: str | None, uri: st
     )
 
 
+def _sweep_of(config: dict) -> SweepConfig:
+    return SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
+
+
+def trial_checkpoint(sweep: SweepConfig, trial: dict, fingerprint: str) -> TrialCheckpoint:
+    """A trial's epoch checkpoint, keyed by the sweep's fingerprint (its config and the targets it learns from)."""
+    return TrialCheckpoint.of(sweep.run_dir, "sweep", _student(sweep, trial, None, "").run_name, fingerprint)
+
+
 def sweep_trainable(config: dict) -> None:
-    """One student training per trial; reports val_acc every epoch (ASHA's signal) with a checkpoint."""
+    """One student training per trial; reports val_acc every epoch (ASHA's signal), its state to a stable
+    checkpoint. A trial ASHA stopped before the driver was killed reports its last epoch again and ends."""
     from ray import tune
 
     from asc_dist.audio.store import WaveformStore
     from asc_dist.distill import train_student
-    from asc_dist.trial_state import report_epoch, resume_state
 
-    sweep = SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
+    sweep = _sweep_of(config)
     cfg = _student(sweep, config["trial"], config["parent_run_id"], config["mlflow_uri"])
+    checkpoint = trial_checkpoint(sweep, config["trial"], config["fingerprint"])
+    stopped = checkpoint.stopped()
+    if stopped is not None:
+        tune.report(stopped)
+        return
     store = WaveformStore(sweep.data.store)
+    result = train_student(cfg, report=epoch_reporter(checkpoint), resume=resume_from(checkpoint, cfg.run_name), store=store)
+    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "epoch": sweep.epochs, "finished": 1})
 
-    result = train_student(cfg, report=report_epoch, resume=resume_state(), store=store)
-    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "finished": 1})
+
+def mark_stopped_trials(sweep: SweepConfig, fingerprint: str):
+    """A Tune callback that remembers the trials a scheduler stopped, so a resumed sweep does not train them on."""
+    from ray import tune
+
+    class MarkStopped(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            if "epoch" in result and not result.get("finished"):
+                trial_checkpoint(sweep, trial.config["trial"], fingerprint).mark_stopped(result)
+
+    return MarkStopped()
 
 
 def run_sweep(sweep: SweepConfig) -> list[dict]:
@@ -108,6 +136,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
 
     quiet_third_party()
     sweep.validate()
+    sweep = replace(sweep, run_dir=str(Path(sweep.run_dir).resolve()))  # trials run in other working folders
     uri = tracking.resolve_uri(sweep.run_dir, sweep.mlflow_uri)
     tracking.check_reachable(uri)
     if sweep.address:
@@ -124,13 +153,21 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         log.info("sweep results in %s are up to date; nothing to run", results_file)
         return json.loads(results_file.read_text())["trials"]
     connect(sweep.address)
-    with run_lock(sweep.run_dir), tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                                params=_sweep_params(sweep), tags={"asc_dist.step": "sweep"}) as parent:
-        rows = _tune(sweep, parent.run_id, uri)
-        _quantize_best(sweep, rows, store, parent.run_id, uri)
-        from asc_dist.sweep_report import log_sweep_report
+    with run_lock(sweep.run_dir):
+        tracking.close_abandoned(uri, sweep.experiment, sweep.run_dir)
+        parent_file = Path(sweep.run_dir) / PARENT
+        earlier = json.loads(parent_file.read_text()) if parent_file.is_file() else {}
+        resume_id = earlier.get("parent_run_id") if earlier.get("fingerprint") == fp else None
+        with tracking.run(uri, sweep.experiment, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", params=_sweep_params(sweep),
+                          tags={"asc_dist.step": "sweep"}, resume_run_id=resume_id, run_dir=sweep.run_dir) as parent:
+            if resume_id:
+                log.info("resuming the sweep of MLflow run %s: trials continue from their last epoch", resume_id)
+            write_text_atomic(parent_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id}))
+            rows = _tune(sweep, parent.run_id, uri, fp)
+            _quantize_best(sweep, rows, store, parent.run_id, uri)
+            from asc_dist.sweep_report import log_sweep_report
 
-        log_sweep_report(parent, rows, Path(sweep.run_dir) / "sweep")
+            log_sweep_report(parent, rows, Path(sweep.run_dir) / "sweep")
     write_text_atomic(results_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id, "trials": rows}, indent=2, default=str))
     return rows
 
@@ -142,16 +179,17 @@ def _sweep_params(sweep: SweepConfig) -> dict:
 
 
 def asha(epochs: int):
-    """ASHA over a trial's reports: epochs 1..E-1 report val accuracy, the E-th report is the finished trial
+    """ASHA over a trial's epochs (not Tune's iteration count, which restarts at 1 when a killed sweep resumes
+    a trial at epoch k): epochs 1..E-1 report val accuracy, the E-th report is the finished trial
     (val and test scores, result.json written; `distill.train_student` holds back its last epoch's report).
     So max_t = E and whatever ASHA decides at a rung on the last epoch, a trial that ran all its epochs is
     scored. grace: every trial sees at least half its epochs before ASHA may stop it."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=max(1, epochs // 2), reduction_factor=2)
+    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 2), reduction_factor=2)
 
 
-def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
+def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) -> list[dict]:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -163,12 +201,13 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
     sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
     tuner = tune.Tuner(
         tune.with_resources(sweep_trainable, {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}),
-        param_space={"trial": tune.grid_search(trials), "sweep": sweep_dict, "parent_run_id": parent_run_id, "mlflow_uri": uri},
+        param_space={"trial": tune.grid_search(trials), "sweep": sweep_dict, "parent_run_id": parent_run_id, "mlflow_uri": uri,
+                     "fingerprint": fingerprint},
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler, max_concurrent_trials=sweep.max_concurrent),
         run_config=tune.RunConfig(
             name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((Path(sweep.run_dir) / "ray_results").resolve()),
-            failure_config=tune.FailureConfig(max_failures=2), checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[EpochProgress("student")], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+            callbacks=[EpochProgress("student"), mark_stopped_trials(sweep, fingerprint)], verbose=0,
         ),
     )
     grid = tuner.fit()
@@ -177,6 +216,9 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
         trial = result.config["trial"]
         m = result.metrics or {}
         cfg = _student(sweep, trial, parent_run_id, uri)
+        epoch_ckpt = trial_checkpoint(sweep, trial, fingerprint)
+        if m.get("finished"):
+            epoch_ckpt.clear()  # its model.pt is what counts now
         saved = cfg.out_dir / "result.json"
         full = json.loads(saved.read_text()) if m.get("finished") and saved.is_file() else {}
         rows.append({
@@ -185,7 +227,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str) -> list[dict]:
             "val_acc": full.get("val_acc", m.get("val_acc")), "test_acc": full.get("test_acc"), "unseen_acc": full.get("unseen_acc"),
             "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
             "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
-            "tune_checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "epoch_checkpoint": str(epoch_ckpt.path) if epoch_ckpt.path.is_file() else None,
             "mlflow_run_id": full.get("mlflow_run_id"),
         })
     _close_stopped_runs(rows, parent_run_id, uri, sweep.experiment)
@@ -211,12 +253,12 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
     else (every trial of the preset stopped by ASHA) the best stopped one, from its last Tune checkpoint."""
     from asc_dist.distill import build_student_model
     from asc_dist.qat import quantize_student
-    from asc_dist.trial_state import load_plain, load_state
+    from asc_dist.trial_state import load_plain
 
     if sweep.qat_epochs < 1:
         return
     for preset in sweep.presets:
-        candidates = [r for r in rows if r["preset"] == preset and (r["checkpoint"] or r["tune_checkpoint"])]
+        candidates = [r for r in rows if r["preset"] == preset and (r["checkpoint"] or r["epoch_checkpoint"])]
         finished = [r for r in candidates if r["checkpoint"]]
         if not candidates:
             log.warning("preset %s: no trial left a checkpoint, nothing to quantise", preset)
@@ -227,11 +269,11 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
         if best["checkpoint"]:
             state = load_plain(best["checkpoint"])["model"]
         else:
-            state = load_state(best["tune_checkpoint"])["trainer"]["model"]
+            state = load_plain(best["epoch_checkpoint"])["trainer"]["model"]
             log.warning("preset %s: every trial was stopped early; quantising %s from its epoch-%s checkpoint", preset, best["name"], best["epochs_run"])
         model.load_state_dict(state)
         with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
-                          tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id) as mlrun:
+                          tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id, run_dir=sweep.run_dir) as mlrun:
             best.update(quantize_student(cfg, store, model, mlrun))
         best["best_of_preset"] = True
 

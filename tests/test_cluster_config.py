@@ -100,3 +100,23 @@ def test_unknown_head_node_type_fails_validation():
     cfg["head_node_type"] = "hed"
     with pytest.raises(ValueError, match="head_node_type"):
         prepared(cfg)
+
+
+def test_nothing_listens_on_every_address_and_nfs_is_the_clusters_own():
+    import ipaddress
+    import subprocess
+
+    cfg = load()
+    commands = [c for key in ("head_setup_commands", "head_start_ray_commands", "worker_setup_commands", "worker_start_ray_commands",
+                              "setup_commands") for c in cfg[key]]
+    assert not any("0.0.0.0" in c for c in commands)  # dashboard, job API, MLflow: never on every interface
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert 'MLFLOW_HOST="$(hostname -I' in head_start  # the head's private address: trials on workers log there
+    assert not any(net in " ".join(commands) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+    assert any("ops/nfs_export.sh" in c for c in cfg["head_setup_commands"])
+    line = subprocess.run(["bash", str(REPO / "ops" / "nfs_export.sh"), "--print"], capture_output=True, text=True, check=True).stdout
+    path, spec = line.split()
+    net = ipaddress.ip_network(spec.split("(")[0])
+    assert path == "/shared" and spec.endswith("(rw,sync,no_subtree_check)")
+    assert 0 < net.prefixlen and net.num_addresses <= 2**16  # one network (here: this host's), not all of 10/8

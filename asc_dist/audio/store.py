@@ -22,10 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from asc_dist.atomic import atomic_path
+from asc_dist.atomic import atomic_path, remove_stale_temps
 from asc_dist.audio.decode import decode_batch
 from asc_dist.data.check import check_dataset
 from asc_dist.data.table import ClipTable, TauLayout, build_clip_table, carve_validation, read_layout
+from asc_dist.diskspace import DiskFullError, is_disk_full, require_free
 from asc_dist.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
     table = build_clip_table(layout, val_fraction=0.0)
     n_samples = int(round(report.expected["duration_s"] * cfg.sample_rate))
     fp = fingerprint(layout, table, cfg, n_samples)
+    remove_stale_temps(out)  # a pack killed earlier (or stopped by a full disk) left its partial arrays here
     manifest = _read_manifest(out)
     if not force and manifest and manifest.get("fingerprint") == fp:
         log.info("store %s is up to date (fingerprint %s); nothing to pack", out, fp)
@@ -93,10 +95,27 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
         probe.unlink()
     except OSError as exc:
         raise DatasetError(f"cannot write the store under {out.parent} ({exc}); pass --store (pack: --out) to a writable folder for the packed store") from None
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        _write_store(tmp, root, table, cfg, n_samples, fp)
+    need = len(table) * n_samples * np.dtype(cfg.dtype).itemsize
+    require_free(out.parent, need, f"the packed store ({len(table):,} clips x {n_samples:,} samples, {cfg.dtype})",
+                 "free space there or pass --store (pack: --out) to a disk with room")
+    try:
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            _write_store(tmp, root, table, cfg, n_samples, fp)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(f"the disk under {out.parent} filled up while packing the store; the partial store was removed. "
+                                "Free space there or pass --store (pack: --out) to a disk with room") from None
+        raise
     return out, True
+
+
+def _write_rows(path: Path, dtype: str, shape: tuple[int, int]):
+    """An .npy file written front to back with plain writes (a full disk raises ENOSPC; a memory map would
+    die of SIGBUS). Returns the open file, header written; the caller appends rows in order."""
+    f = open(path, "wb")
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    return f
 
 
 def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_samples: int, fp: str) -> None:
@@ -106,15 +125,14 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
         for split in TAU_SPLITS:
             idx = np.flatnonzero(table.split == split)
             rows[idx] = np.arange(len(idx))
-            arr = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=cfg.dtype, shape=(len(idx), n_samples))
-            for lo in range(0, len(idx), cfg.chunk):
-                chunk = idx[lo : lo + cfg.chunk]
-                arr[lo : lo + len(chunk)] = decode_batch([root / f for f in table.filename[chunk]], cfg.sample_rate, n_samples, pool)
-                done += len(chunk)
-                rate = done / max(time.perf_counter() - start, 1e-9)
-                log.info("pack %s: %d/%d clips, %.0f clips/s, ETA %.0f s", split, done, total, rate, (total - done) / rate)
-            arr.flush()
-            del arr
+            with _write_rows(tmp / f"{split}.npy", cfg.dtype, (len(idx), n_samples)) as rows_file:
+                for lo in range(0, len(idx), cfg.chunk):
+                    chunk = idx[lo : lo + cfg.chunk]
+                    waves = decode_batch([root / f for f in table.filename[chunk]], cfg.sample_rate, n_samples, pool)
+                    rows_file.write(np.ascontiguousarray(waves, dtype=cfg.dtype).tobytes())
+                    done += len(chunk)
+                    rate = done / max(time.perf_counter() - start, 1e-9)
+                    log.info("pack %s: %d/%d clips, %.0f clips/s, ETA %.0f s", split, done, total, rate, (total - done) / rate)
     pq.write_table(
         pa.table(
             {

@@ -42,6 +42,7 @@ import numpy as np
 import soundfile as sf
 
 from asc_dist.atomic import atomic_path
+from asc_dist.diskspace import DiskFullError, is_disk_full
 from asc_dist.data.devices import DEVICES, SEEN_DEVICES, SEVERITY, UNSEEN_DEVICES, DeviceSpec, device_specs, load_irs
 from asc_dist.data.scenes import (EVENT_OFFSET_DB, EVENT_SECONDS, EVENTS, SCENES, STYLES, SceneStyle, _rng,
                                   class_style, perturb_style, render_scene)  # fmt: skip
@@ -248,9 +249,19 @@ def generate(
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file())):
         raise ConfigError(f"{out_dir}: exists and is not a synthetic dataset (no synth.json); choose a new --out folder")
     start = time.perf_counter()
-    sr, n_clip, parts = cfg.sample_rate, cfg.clip_samples, cfg.parts_per_segment
     devices = device_specs(cfg)
     segments = plan(cfg)
+    try:
+        return _render(out_dir, cfg, segments, devices, start, progress)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(f"the disk under {out_dir.parent} filled up while writing the synthetic dataset {out_dir}; the partial "
+                                "dataset was removed. Free space there or pass --out (pipeline: --run) on a disk with room") from None
+        raise
+
+
+def _render(out_dir: Path, cfg: SynthConfig, segments, devices, start: float, progress) -> SynthSummary:
+    sr, n_clip, parts = cfg.sample_rate, cfg.clip_samples, cfg.parts_per_segment
     styles = {}
     meta: list[tuple[str, str, str, str]] = []
     splits: dict[str, str] = {}
