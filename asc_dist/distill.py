@@ -256,7 +256,8 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
         out = cfg.out_dir
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "model.pt") as tmp:
-            torch.save({"model": trainer.model.state_dict(), "config": cfg.to_dict(), "classes": store.classes}, tmp)
+            torch.save({"model": trainer.model.state_dict(), "config": cfg.to_dict(), "classes": store.classes,
+                        "sample_rate": store.sample_rate, "clip_samples": int(store.manifest["samples"])}, tmp)
         result = {
             "name": cfg.run_name, "model": cfg.model, "preset": cfg.preset, "norm": cfg.norm, "targets": cfg.targets,
             "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "params": cx.params, "macs": cx.macs,

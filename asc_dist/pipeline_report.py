@@ -110,6 +110,11 @@ def _int8_section(rows: list[dict]) -> list[str]:
             f"{_pct(r.get('int8_test_acc'))} | {_pct(r.get('int8_unseen_acc'))} | {_num(r.get('int8_size_kb'), 1)} | "
             f"{_num(r.get('fp32_latency_ms'), 2)} | {_num(r.get('int8_latency_ms'), 2)} |"
         )
+    registered = [r for r in best if r.get("registered_model")]
+    if registered:
+        lines += ["", "Registered in MLflow (pyfunc: float32 waveform windows in, class probabilities out): "
+                  + ", ".join(f"`{r['registered_model']}`" for r in registered) + ". Classify files with:", "",
+                  f"    python -m asc_dist.predict --model {registered[0]['int8_torchscript']} AUDIO_FILES_OR_FOLDERS --out predictions.csv"]
     return lines
 
 

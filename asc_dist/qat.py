@@ -49,6 +49,14 @@ def traced_latency_ms(model: nn.Module, example: torch.Tensor) -> float:
         torch.set_num_threads(threads)
 
 
+def ship_metadata(cfg, store, kind: str) -> dict:
+    """What a shipped file must carry for `asc_dist.predict`: classes, rate, clip length, int8 engine."""
+    return {"format": 1, "kind": kind, "classes": store.classes, "sample_rate": store.sample_rate,
+            "clip_samples": int(store.manifest["samples"]), "engine": torch.backends.quantized.engine if kind == "int8" else None,
+            "model": cfg.model, "preset": cfg.preset, "name": cfg.run_name,
+            "input": "float32 mono waveform [batch, samples] at sample_rate", "output": "logits [batch, classes]"}
+
+
 def frozen_epochs(qat_epochs: int) -> int:
     """Epochs at the end with observers and BN statistics frozen (cpjku23: the last 4 of 20-24)."""
     return 0 if qat_epochs < 2 else max(1, round(0.2 * qat_epochs))
@@ -76,7 +84,8 @@ def quantize_student(cfg, store, fp32_model: nn.Module, mlrun) -> dict:
     example = torch.zeros(1, 1, front.cfg.n_mels, front.cfg.frames(store.manifest["samples"]))
     fp32_ms, int8_ms = traced_latency_ms(fp32_model.cpu().eval(), example), traced_latency_ms(int8, example)
     path = Path(cfg.out_dir) / "model_int8.pt"
-    export_torchscript(WaveToLogits(front, int8).eval(), path, torch.zeros(1, store.manifest["samples"]))
+    meta = ship_metadata(cfg, store, kind="int8")
+    export_torchscript(WaveToLogits(front, int8).eval(), path, torch.zeros(1, store.manifest["samples"]), meta)
     size, fp32_size = int8_size_bytes(int8), int8_size_bytes(fp32_model)
     test = reports.get("test")
     metrics = {"int8_size_kb": size / 1024, "fp32_size_kb": fp32_size / 1024, "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import time
 import warnings
@@ -106,10 +107,12 @@ def convert_int8(qat_model: nn.Module) -> nn.Module:
         return tq.convert(cpu, inplace=True)
 
 
-def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, metadata: dict | None = None) -> Path:
     """Trace `int8_model` on `example_input` and save it atomically; the file loads with `torch.jit.load` alone.
 
     Tracing freezes input-dependent shapes (e.g. SP4SC's time pooling), so export with the deployment clip length.
+    `metadata` (classes, sample rate, clip length, engine) goes inside the file as `extra/asc_dist.json`, so
+    `asc_dist.predict` needs nothing but the file.
     """
     model = int8_model.eval()
     with torch.no_grad(), warnings.catch_warnings():
@@ -120,7 +123,7 @@ def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_i
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
             raise RuntimeError(f"traced {type(model).__name__} disagrees with the eager model; not saving {path}")
     with atomic_path(path) as tmp:
-        traced.save(str(tmp))
+        traced.save(str(tmp), _extra_files={"asc_dist.json": json.dumps(metadata)} if metadata else {})
     return Path(path)
 
 

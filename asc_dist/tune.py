@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from asc_dist import tracking
 from asc_dist.atomic import write_text_atomic
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
@@ -275,7 +277,20 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
         with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
                           tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id, run_dir=sweep.run_dir) as mlrun:
             best.update(quantize_student(cfg, store, model, mlrun))
+            best["registered_model"] = _register(best, cfg, store, mlrun.run_id, uri)
         best["best_of_preset"] = True
+
+
+def _register(best: dict, cfg, store, run_id: str, uri: str) -> str:
+    """The preset's best student in the MLflow Model Registry; returns its models:/ URI."""
+    from asc_dist.registry import register_student, registered_name
+
+    name = registered_name(cfg.model, cfg.preset)
+    keys = ("name", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "int8_val_acc", "int8_test_acc", "params", "macs",
+            "int8_kb", "int8_size_kb")
+    example = store.split("test", cfg.data.val_fraction, cfg.data.val_seed).waves(np.arange(1))[0]
+    version = register_student(best["int8_torchscript"], example, run_id, uri, name, {k: best.get(k) for k in keys})
+    return f"models:/{name}/{version}"
 
 
 def _floats(text: str) -> list[float]:

@@ -92,6 +92,20 @@ def synth_store(synth_root):
     return WaveformStore(pack(synth_root)[0])
 
 
+@pytest.fixture(scope="session")
+def int8_student(tmp_path_factory, synth_root, synth_store):
+    """A student trained briefly with KD and QAT, exported to int8 TorchScript: (model_int8.pt, store, result)."""
+    from asc_dist.distill import StudentConfig, train_student
+    from asc_dist.prepare import DataConfig
+
+    run = tmp_path_factory.mktemp("shipped") / "run"
+    make_targets(run, synth_store)
+    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), model="dsflexinet", preset="sm1",
+                        epochs=1, qat_epochs=1, batch_size=32, device="cpu")
+    result = train_student(cfg)
+    return Path(result["int8_torchscript"]), synth_store, result
+
+
 def make_targets(run_dir: Path, store, drop: int = 0) -> None:
     """Targets in the fusion's Parquet schema: a confident-but-noisy teacher (labels one-hot x 4 + noise)."""
     table = store.table()

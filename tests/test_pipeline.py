@@ -23,6 +23,8 @@ def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_session, tmp_path, synt
     assert (run / "fused" / "targets.parquet").is_file() and (run / "accuracy_vs_macs.png").is_file()
     trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]
     assert trials[0]["int8_torchscript"]
+    assert trials[0]["registered_model"] == "models:/asc-dist-dsflexinet-sm1/1"  # the preset's best, in the registry
+    assert "python -m asc_dist.predict --model" in report
     # (.lock is the run lock's holder note, rewritten by every writer that takes it)
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "mlflow" not in p.name and p.name != ".lock"}
     second = run_pipeline(cfg)
