@@ -29,7 +29,7 @@ def quiet_third_party() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train", "filelock", "matplotlib"):
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "ray.train", "filelock", "matplotlib", "onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

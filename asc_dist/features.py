@@ -53,7 +53,7 @@ FRONT_ENDS = {"student": STUDENT_MEL, "cpresnet": CPRESNET_MEL, "passt": PASST_M
 class LogMel(nn.Module):
     """Waveform [batch, samples] at `cfg.sample_rate` -> log-mel [batch, 1, n_mels, frames]."""
 
-    def __init__(self, cfg: MelConfig = STUDENT_MEL):
+    def __init__(self, cfg: MelConfig = STUDENT_MEL, band_groups: int = 16):
         super().__init__()
         self.cfg = cfg
         self.spectrogram = torchaudio.transforms.Spectrogram(
@@ -66,6 +66,31 @@ class LogMel(nn.Module):
             center=True,
         )
         self.register_buffer("eval_banks", self._banks(cfg.fmax), persistent=False)
+        self.band_groups = band_groups
+        bands = self._band_slices(self.eval_banks, band_groups) if band_groups else []
+        self._spans = [(lo, hi) for lo, hi, _ in bands]  # FFT-bin span of each buffer _band{i}
+        for i, (_, _, piece) in enumerate(bands):
+            self.register_buffer(f"_band{i}", piece, persistent=False)
+
+    @staticmethod
+    def _band_slices(banks: torch.Tensor, groups: int) -> list[tuple[int, int, torch.Tensor]]:
+        """The mel matrix cut into `groups` runs of consecutive filters, each kept only over the FFT bins where
+        it is non-zero: (first bin, last bin + 1, the dense piece). The dense product is 256 x 2049 per frame,
+        but a mel filter covers few bins, so 16 pieces hold every non-zero weight in 6 % of the entries."""
+        step = -(-banks.shape[0] // groups)
+        out = []
+        for r0 in range(0, banks.shape[0], step):
+            rows = banks[r0 : r0 + step]
+            nz = (rows != 0).any(0).nonzero().flatten()
+            lo, hi = (int(nz.min()), int(nz.max()) + 1) if len(nz) else (0, 1)
+            out.append((lo, hi, rows[:, lo:hi].contiguous()))
+        return out
+
+    def mel_macs(self, frames: int) -> int:
+        """Multiply-adds of the mel product per clip in eval mode (the banded form if on)."""
+        if not self._spans:
+            return self.eval_banks.numel() * frames
+        return sum(getattr(self, f"_band{i}").numel() for i in range(len(self._spans))) * frames
 
     def _banks(self, fmax: float) -> torch.Tensor:
         banks, _ = torchaudio.compliance.kaldi.get_mel_banks(
@@ -83,9 +108,11 @@ class LogMel(nn.Module):
             if self.training and self.cfg.fmax_aug_range > 1:
                 jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
                 banks = self._banks(self.cfg.fmax + jitter).to(power.device)
+                mel = torch.matmul(banks.float(), power.float())
+            elif self._spans:  # the same product over the non-zero band of each run of filters only
+                mel = torch.cat([torch.matmul(getattr(self, f"_band{i}"), power[:, lo:hi]) for i, (lo, hi) in enumerate(self._spans)], dim=1)
             else:
-                banks = self.eval_banks
-            mel = torch.matmul(banks.float(), power.float())
+                mel = torch.matmul(self.eval_banks.float(), power.float())
         mel = (torch.log(mel + 1e-5) + 4.5) / 5.0
         return mel.unsqueeze(1)
 

@@ -96,15 +96,20 @@ def freeze_observers_and_bn(qat_model: nn.Module) -> nn.Module:
     return qat_model
 
 
-def convert_int8(qat_model: nn.Module) -> nn.Module:
+def convert_int8(qat_model: nn.Module, overrides: dict | None = None) -> nn.Module:
     """An int8 copy of a QAT model (CPU, eval); the QAT model keeps training if the caller wants.
 
     Weights are packed for the engine `select_int8_engine` picks (oneDNN on VNNI CPUs, else torch's default).
     """
     select_int8_engine()
     cpu = copy.deepcopy(qat_model).cpu().eval()
+    mapping = dict(tq.quantization_mappings.get_default_static_quant_module_mappings())
+    for module in cpu.modules():  # a model's own int8 modules (e.g. Residual Normalization), declared on the class
+        if hasattr(type(module), "quantized_class"):
+            mapping[type(module)] = type(module).quantized_class
+    mapping.update(overrides or {})  # e.g. a benchmark's alternative int8 form of a module
     with _quiet_ao():
-        return tq.convert(cpu, inplace=True)
+        return tq.convert(cpu, mapping=mapping, inplace=True)
 
 
 def export_torchscript(int8_model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor, metadata: dict | None = None) -> Path:

@@ -15,7 +15,10 @@ Per preset, through the project's own code:
 - why: `int8_by_engine` converts again with each quantised engine (torch's default "x86" picks oneDNN or
   fbgemm per conv layer; "onednn" and "fbgemm" force one), and `int8_profile` lists the slowest modules and ops
   of the int8 model (torch.profiler, module labels from forward hooks) beside the fp32 time of the same module;
-  for DS-FlexiNet with Residual Normalization, `rn_float_island` times the same preset with BN in RN's place.
+  for DS-FlexiNet with Residual Normalization, `residual_norm` times the shipped float island (dequantise,
+  instance norm, requantise) against RN's all-int8 form and against BN in RN's place (the floor).
+- shipped: `shipped_waveform_in`, the exported form (waveform in, logits out) fp32 vs int8 with the front end's
+  share; `front_end_1_clip`: the dense mel product against the banded one, and the STFT that both pay.
 - size: `int8_size_bytes` (serialised int8 state dict) and the DCASE parameter memory (`complexity.measure`).
 
     OMP_NUM_THREADS=1 python ops/bench_students.py [--presets sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default] [--quick]
@@ -106,12 +109,12 @@ def cpu_ms_per_clip(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int
     return 1000.0 * statistics.median(times) / x.shape[0]
 
 
-def calibrated_int8(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+def calibrated_int8(model: nn.Module, calib: torch.Tensor, overrides: dict | None = None) -> nn.Module:
     qat = prepare_qat(model)
     with torch.no_grad():
         for chunk in calib.split(16):
             qat(chunk)
-    return convert_int8(qat)
+    return convert_int8(qat, overrides)
 
 
 @contextlib.contextmanager
@@ -196,23 +199,102 @@ def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int
     }
 
 
-def rn_cost(int8_rn: nn.Module, preset: str, n_classes: int, calib: torch.Tensor, a: argparse.Namespace) -> dict:
-    """What Residual Normalization's float island (dequantise, instance norm, requantise) costs in int8: the same
-    preset with BN at the stage entries (an int8 kernel) is converted and timed in alternating rounds."""
+def rn_cost(fp32: nn.Module, shipped: nn.Module, preset: str, n_classes: int, calib: torch.Tensor, a: argparse.Namespace) -> dict:
+    """Residual Normalization in int8 three ways, traced, in alternating rounds: the shipped float island
+    (dequantise, instance norm, requantise), the all-int8 form (statistics from the int8 values, one int8
+    per-channel affine kernel) and BN at the stage entries (folds into an int8 kernel: the floor)."""
+    from students.dsflexinet import QuantizedResidualNorm, ResidualNorm
     from students.registry import build_student
 
     torch.manual_seed(0)
-    int8_bn = calibrated_int8(build_student("dsflexinet", preset, n_classes=n_classes, norm="bn").eval(), calib)
     x = calib[:1]
-    rn, bn = [], []
+    island, int8_rn = shipped, calibrated_int8(fp32, calib, overrides={ResidualNorm: QuantizedResidualNorm})
+    int8_bn = calibrated_int8(build_student("dsflexinet", preset, n_classes=n_classes, norm="bn").eval(), calib)
+    variants = {k: traced(m, x) for k, m in {"int8_rn": int8_rn, "float_island_rn": island, "bn": int8_bn}.items()}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.latency_rounds):
-        rn.append(cpu_ms_per_clip(int8_rn, x, a.latency_repeats))
-        bn.append(cpu_ms_per_clip(int8_bn, x, a.latency_repeats))
-    rn_ms, bn_ms = statistics.median(rn), statistics.median(bn)
-    return {"int8_cpu_ms_rn": round(rn_ms, 3), "int8_cpu_ms_bn": round(bn_ms, 3), "rn_share_of_int8": round((rn_ms - bn_ms) / rn_ms, 3)}
+        for k, m in variants.items():
+            times[k].append(cpu_ms_per_clip(m, x, a.latency_repeats))
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    with torch.no_grad():
+        agree = float((int8_rn(calib).argmax(1) == island(calib).argmax(1)).float().mean())
+    return {"int8_rn_cpu_ms": round(ms["int8_rn"], 3), "float_island_rn_cpu_ms": round(ms["float_island_rn"], 3),
+            "bn_instead_cpu_ms": round(ms["bn"], 3), "int8_rn_vs_float_island": round(ms["int8_rn"] / ms["float_island_rn"], 3),
+            "argmax_agreement_with_float_island": round(agree, 3)}
 
 
-def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfig, a: argparse.Namespace, calib: torch.Tensor) -> dict:
+def traced(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model.eval(), x, check_trace=False)
+
+
+def front_end_cost(x: torch.Tensor, a: argparse.Namespace) -> dict:
+    """The student front end (waveform -> log-mel), traced, 1 clip: the dense mel product against the banded one
+    (the same result within float rounding), and the STFT alone, which neither changes."""
+    dense, banded = LogMel(STUDENT_MEL, band_groups=0).eval(), LogMel(STUDENT_MEL).eval()
+    frames = STUDENT_MEL.frames(x.shape[1])
+    variants = {"dense": traced(dense, x), "banded": traced(banded, x), "stft": traced(dense.spectrogram, x[:, 1:])}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.latency_rounds):
+        for k, m in variants.items():
+            times[k].append(cpu_ms_per_clip(m, x if k != "stft" else x[:, 1:], a.latency_repeats))
+    with torch.no_grad():
+        diff = float((dense(x) - banded(x)).abs().max())
+    return {"dense_ms": round(statistics.median(times["dense"]), 3), "banded_ms": round(statistics.median(times["banded"]), 3),
+            "stft_ms": round(statistics.median(times["stft"]), 3), "dense_mel_macs": dense.mel_macs(frames),
+            "banded_mel_macs": banded.mel_macs(frames), "max_abs_diff": diff}
+
+
+class OrtRunner:
+    """An onnxruntime session on one thread, called like a module."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, waves: torch.Tensor):
+        return self.session.run(None, {"waves": waves.numpy()})[0]
+
+
+def onnx_variants(fp32: nn.Module, clips: np.ndarray, out: Path) -> dict:
+    """The same fp32 student (front end included) through onnxruntime, and onnxruntime's own static int8."""
+    try:
+        from asc_dist.export import quantize_onnx, write_onnx
+        from asc_dist.qat import WaveToLogits
+
+        path = out / "student.onnx"
+        write_onnx(WaveToLogits(LogMel(STUDENT_MEL), fp32), clips, {}, path)
+        return {"onnxruntime_fp32": OrtRunner(path), "onnxruntime_int8": OrtRunner(Path(quantize_onnx(path, clips, {})["onnx_int8"]))}
+    except Exception as exc:  # noqa: BLE001 - no onnx extra, or an export failure: measured without it, said so
+        log.warning("onnxruntime variants skipped: %s", str(exc).splitlines()[0][:200])
+        return {}
+
+
+def shipped_cost(fp32: nn.Module, int8: nn.Module, wave: torch.Tensor, clips: np.ndarray, out: Path, a: argparse.Namespace) -> dict:
+    """What a device pays per 1-s clip for the shipped file (waveform in, logits out), fp32 against int8, with
+    the front end's share; onnxruntime fp32 and its own static int8 (calibrated on training clips) in the same
+    alternating rounds."""
+    from asc_dist.qat import WaveToLogits
+
+    front = LogMel(STUDENT_MEL).eval()
+    variants = {"fp32": traced(WaveToLogits(front, fp32), wave), "int8": traced(WaveToLogits(front, int8), wave), "front": traced(front, wave),
+                **onnx_variants(fp32, clips, out)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.latency_rounds):
+        for k, m in variants.items():
+            times[k].append(cpu_ms_per_clip(m, wave, a.latency_repeats))
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    return {"fp32_ms": round(ms["fp32"], 3), "int8_ms": round(ms["int8"], 3), "ratio_int8_vs_fp32": round(ms["int8"] / ms["fp32"], 3),
+            "front_end_ms": round(ms["front"], 3), "front_end_share_of_int8": round(ms["front"] / ms["int8"], 3),
+            **{f"{k}_ms": round(v, 3) for k, v in ms.items() if k.startswith("onnxruntime")}}
+
+
+def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfig, a: argparse.Namespace, calib: torch.Tensor,
+                 wave: torch.Tensor) -> dict:
     model_name, preset = parse_preset(spec)
     cfg = StudentConfig(run_dir=str(run_dir), data=data, model=model_name, preset=preset, norm=a.norm, targets="fused",
                         epochs=1, batch_size=a.batch_size, device=a.device, threads=a.threads)
@@ -279,7 +361,8 @@ def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfi
         "int8_by_engine": by_engine,
     }
     if model_name == "dsflexinet" and a.norm == "rn":
-        row["rn_float_island"] = rn_cost(int8, preset, len(store.classes), calib, a)
+        row["residual_norm"] = rn_cost(fp32, int8, preset, len(store.classes), calib, a)
+    row["shipped_waveform_in"] = shipped_cost(fp32, int8, wave, store.split("train").waves(np.arange(64)), run_dir, a)
     if not a.no_profile:
         row["int8_profile"] = int8_profile(fp32, int8, x, a.profile_repeats)
     log.info("%s: fp32 %.2f ms, int8 %.2f ms (ratio %.2f; cpu ratio %.2f)", spec, row["fp32_latency_ms"],
@@ -320,13 +403,15 @@ def main() -> None:
         write_fake_targets(tmp, store)
         calib = real_mels(store, 32)
         front_rate = front_end_rate(store, a.batch_size, device, repeats=3)
-        rows = [bench_preset(spec, store, tmp, data, a, calib) for spec in a.presets.split(",")]
+        wave = torch.from_numpy(store.split("test").waves(np.arange(1)))
+        front = front_end_cost(wave, a)
+        rows = [bench_preset(spec, store, tmp, data, a, calib, wave) for spec in a.presets.split(",")]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({
         "train_clips_available": len(store.split("train")), "batch_size": a.batch_size, "device": str(device),
         "torch_threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine,
-        "cpus": os.cpu_count(), "front_end_clips_per_s": round(front_rate, 1),
+        "cpus": os.cpu_count(), "front_end_clips_per_s": round(front_rate, 1), "front_end_1_clip": front,
         "goals": {"data_wait_share": 0.05, "ratio_int8_vs_fp32": 0.5},
         "presets": rows,
         "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],

@@ -6,7 +6,6 @@ trained from scratch, or loaded from a local state dict through the registry (`w
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -30,6 +29,8 @@ class MobileNetV2Teacher(nn.Module):
         if width not in WIDTHS:
             raise ConfigError(f"MobileNetV2 width {width!r} is not one of {', '.join(WIDTHS)}")
         self.n_classes = n_classes
+        import timm  # imported where used: 2 s that a run without this family should not pay
+
         self.net = timm.create_model(
             f"mobilenetv2_{width}", pretrained=False, in_chans=1, num_classes=n_classes, drop_rate=drop_rate
         )

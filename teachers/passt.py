@@ -20,7 +20,6 @@ import pickle
 import warnings
 
 import torch
-from hear21passt.models import passt as hear21
 from torch import nn
 
 from asc_dist.errors import ConfigError
@@ -74,6 +73,8 @@ class PaSSTTeacher(nn.Module):
         if s_patchout_t < 0 or u_patchout < 0:
             raise ConfigError(f"PaSST patchout must be >= 0, got s_patchout_t={s_patchout_t}, u_patchout={u_patchout}")
         patchout = {"s_patchout_t": s_patchout_t, "s_patchout_f": s_patchout_f, "u_patchout": u_patchout}
+        from hear21passt.models import passt as hear21  # imported where used (with timm, 2-4 s)
+
         with contextlib.redirect_stdout(io.StringIO()):
             if arch is not None:
                 self.net = hear21.get_model(
@@ -100,6 +101,8 @@ class PaSSTTeacher(nn.Module):
             )
         # hear21passt prints shapes on its (process-wide) first forward only. It also warns whenever the input
         # is shorter than the 10-s grid; cropping the time positional embeddings is intended (REFERENCE.md 9).
+        from hear21passt.models import passt as hear21
+
         quiet = contextlib.redirect_stdout(io.StringIO()) if hear21.first_RUN else contextlib.nullcontext()
         with quiet, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Input image size \(")

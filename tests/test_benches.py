@@ -73,3 +73,7 @@ def test_bench_students(synth_root):
     profile = row["int8_profile"]
     assert profile["top_int8_modules"] and all(positive(m["int8_ms"]) for m in profile["top_int8_modules"])
     assert profile["top_int8_ops"][0]["op"]
+    shipped, rn, front = row["shipped_waveform_in"], row["residual_norm"], out["front_end_1_clip"]
+    assert positive(shipped["fp32_ms"], shipped["int8_ms"], shipped["front_end_ms"], shipped["onnxruntime_fp32_ms"], shipped["onnxruntime_int8_ms"])
+    assert positive(rn["int8_rn_cpu_ms"], rn["float_island_rn_cpu_ms"], rn["bn_instead_cpu_ms"])
+    assert front["banded_mel_macs"] * 10 < front["dense_mel_macs"] and front["max_abs_diff"] < 1e-4

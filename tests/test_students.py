@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from asc_dist.distill import StudentConfig, train_student
-from asc_dist.prepare import DataConfig
 from tests.conftest import make_targets
 
 
 @pytest.fixture(scope="module")
-def student_run(tmp_path_factory, synth_root, synth_store):
-    run = tmp_path_factory.mktemp("students") / "run"
-    make_targets(run, synth_store)
-    cfg = StudentConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), model="dsflexinet", preset="sm1",
-                        epochs=1, qat_epochs=1, batch_size=32, device="cpu")
-    return run, train_student(cfg)
+def student_run(int8_student):
+    model_file, _, result = int8_student
+    return model_file.parents[2], result  # RUN/students/NAME/model_int8.pt
 
 
 def test_student_trains_with_kd_and_exports_int8(student_run):

@@ -146,3 +146,56 @@ def test_every_student_qat_int8_torchscript_roundtrip(tmp_path) -> None:
     for path in paths:
         shape, finite = results[path]
         assert shape == [3, 10] and finite, path
+
+
+@pytest.mark.parametrize("lam,batch", [(0.3, 1), (0.3, 3), (0.0, 2)])
+def test_int8_residual_norm_matches_float_within_one_step(lam: float, batch: int) -> None:
+    """The int8 RN (statistics from the int8 values, one int8 affine kernel) gives the float RN of the same
+    int8 input, up to the output's own rounding."""
+    from students.dsflexinet import QuantizedResidualNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 8, 16, 8) * torch.linspace(0.5, 3, 8).view(1, 8, 1, 1) + torch.linspace(-1, 1, 8).view(1, 8, 1, 1)
+    qx = torch.quantize_per_tensor(x, 0.03, 120, torch.quint8)
+    expected = ResidualNorm(lam=lam)(qx.dequantize())
+    scale = float(expected.abs().max()) / 120
+    q = QuantizedResidualNorm(lam, 1e-5, scale, 128)
+    out = q(qx)
+    assert out.is_quantized and out.q_scale() == pytest.approx(scale)
+    assert (out.dequantize() - expected).abs().max() <= scale * 0.51 + 1e-4
+
+
+def test_converted_dsflexinet_rn_float_island_or_all_int8() -> None:
+    """The shipped conversion keeps RN a float island (measured faster at batch 1); the all-int8 form, when
+    chosen, leaves one dequantise in the traced model: the logits'."""
+    import warnings
+
+    from asc_dist.quantize import convert_int8, prepare_qat
+    from students.dsflexinet import FloatIslandResidualNorm, QuantizedResidualNorm
+
+    torch.manual_seed(0)
+    qat = prepare_qat(build_student("dsflexinet", "sm1", norm="rn").eval())
+    with torch.no_grad():
+        qat(torch.randn(8, 1, 256, 64))
+    x = torch.randn(2, 1, 256, 64)
+    shipped, all_int8 = convert_int8(qat), convert_int8(qat, overrides={ResidualNorm: QuantizedResidualNorm})
+    assert sum(type(m) is FloatIslandResidualNorm for m in shipped.modules()) == 4
+    assert sum(type(m) is QuantizedResidualNorm for m in all_int8.modules()) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = torch.jit.trace(all_int8, x).inlined_graph
+    kinds = [n.kind() for n in graph.nodes()]
+    assert kinds.count("aten::dequantize") == 1 and "aten::instance_norm" not in kinds
+    with torch.no_grad():
+        assert (shipped(x) - all_int8(x)).abs().max() < 0.5  # the same network, rounded in other places
+
+
+def test_banded_mel_product_equals_the_dense_one() -> None:
+    from asc_dist.features import STUDENT_MEL, LogMel
+
+    x = torch.randn(3, 32000) * 0.1
+    dense, banded = LogMel(STUDENT_MEL, band_groups=0).eval(), LogMel(STUDENT_MEL).eval()
+    torch.testing.assert_close(banded(x), dense(x), atol=1e-5, rtol=1e-5)
+    assert banded.mel_macs(64) * 10 < dense.mel_macs(64)
+    banded.train()  # training jitters the band edges: the dense product with fresh banks
+    assert banded(x).shape == dense(x).shape

@@ -73,9 +73,38 @@ def load_model(spec: str, mlflow_uri: str | None = None) -> ShippedModel:
         return _from_folder(path)
     if not path.is_file():
         raise ConfigError(f"--model {spec}: no such file or folder; give an exported model_int8.pt / model.pt, a student folder, or models:/NAME/VERSION")
+    if path.suffix == ".onnx":
+        return _from_onnx(path)
     if is_torchscript(path):
         return _from_torchscript(path)
     return _from_checkpoint(path)
+
+
+class OnnxModule(torch.nn.Module):
+    """An onnxruntime session behind the module interface predict uses (float32 waves in, logits out)."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"waves": waves.numpy().astype("float32", copy=False)})[0])
+
+
+def _from_onnx(path: Path) -> ShippedModel:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError(f"{path} is ONNX: pip install -e '.[onnx]' for onnxruntime") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+        raise ConfigError(f"{path} does not load in onnxruntime ({str(exc).splitlines()[0][:150]})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if "classes" not in meta:
+        raise ConfigError(f"{path} carries no class list; export it with `python -m asc_dist.export --onnx`")
+    kind = "onnx-int8" if "int8" in path.name else "onnx-fp32"
+    return ShippedModel(OnnxModule(session), json.loads(meta["classes"]), int(meta["sample_rate"]), int(meta["clip_samples"]), kind, str(path))
 
 
 def _from_folder(folder: Path) -> ShippedModel:
