@@ -1,4 +1,5 @@
-"""`python -m asc_dist.export --onnx --model STUDENT [--int8]`: a trained student as ONNX, for onnxruntime.
+"""`python -m asc_dist.export --onnx --model STUDENT [--int8]`: a trained student as ONNX, for onnxruntime;
+`--dcase-package LABEL --out DIR`: a DCASE 2025 Task 1 inference package (`asc_dist.dcase_package`).
 
 Writes `model.onnx` beside the student (or `--out`): the fp32 student with its front end, waveform in
 ([batch, samples] float32 at the model's rate, any batch) and logits out, with the class list, sample rate
@@ -144,7 +145,9 @@ def quantize_onnx(fp32_path: Path, clips: np.ndarray, meta: dict) -> dict:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asc_dist.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", action="store_true", required=True, help="write the student as ONNX (the one format so far)")
+    p.add_argument("--onnx", action="store_true", help="write the student as ONNX (model.onnx beside it, or --out)")
+    p.add_argument("--dcase-package", metavar="LABEL", default=None,
+                   help="write a DCASE 2025 Task 1 inference package (e.g. Surname_INST_task1) into --out")
     p.add_argument("--model", required=True, help="student folder (RUN/students/NAME) or its model.pt")
     p.add_argument("--out", default=None, help="the .onnx file (default: model.onnx beside the checkpoint)")
     p.add_argument("--int8", action="store_true", help="also write onnxruntime's static int8 model (model_int8.onnx)")
@@ -159,6 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.calib_clips < 2:
         raise ConfigError("--calib-clips must be >= 2")
+    if not args.onnx and not args.dcase_package:
+        raise ConfigError("say what to export: --onnx and/or --dcase-package LABEL")
+    if args.dcase_package:
+        from asc_dist.dcase_package import write_dcase_package
+
+        if not args.out or args.onnx:
+            raise ConfigError("--dcase-package writes a folder: give --out DIR (and export ONNX in a separate call)")
+        folder = write_dcase_package(args.dcase_package, Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent, args.out)
+        print(json.dumps({"dcase_package": str(folder)}))
+        return 0
     print(json.dumps(export_onnx(ExportConfig(model=args.model, out=args.out, int8=args.int8, calib_clips=args.calib_clips, store=args.store))))
     return 0
 
