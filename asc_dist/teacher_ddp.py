@@ -42,6 +42,18 @@ def check_fits(workers: int, cpus: float, gpus: float, cluster: dict) -> None:
         )
 
 
+def restore_rank(trainer, state: dict, rank: int) -> None:
+    """Resume one rank from rank 0's checkpoint (the only one saved). Weights, optimiser and epoch are shared,
+    but the checkpoint's torch RNG state is rank 0's: restored on every rank, all ranks would draw the same
+    augmentations again. Rank 0 keeps it (an exact resume); every other rank reseeds from its own seed
+    (seed + rank, `teacher_trial.make_trainer`) and the epoch, so the ranks stay distinct after a restart."""
+    import numpy as np
+
+    trainer.load_state_dict(state)
+    if rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([trainer.cfg.seed, trainer.epoch]).generate_state(1)[0]))
+
+
 def _worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -55,7 +67,7 @@ def _worker_loop(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            trainer.load_state_dict(load_state(d)["trainer"])
+            restore_rank(trainer, load_state(d)["trainer"], rank)
     mlrun = tracking.Run(__import__("mlflow").MlflowClient(ctx.mlflow_uri), config["mlflow_run_id"]) if rank == 0 else None
 
     def on_epoch(result) -> None:

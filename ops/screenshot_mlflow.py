@@ -239,11 +239,11 @@ def screenshot_devtools(chromium: str, url: str, view: dict, out: Path, width: i
     return visible
 
 
-def screenshot_plain(chromium: str, url: str, view: dict, out: Path, width: int, height: int, timeout_s: float) -> None:
-    """The one-command route: Chromium's own --screenshot after a virtual-time budget (no checks)."""
+def screenshot_plain(chromium: str, page: str, out: Path, width: int, height: int, timeout_s: float) -> None:
+    """The one-command route: Chromium's own --screenshot of `page` after a virtual-time budget (no checks)."""
     with tempfile.TemporaryDirectory(prefix="asc-chromium-") as profile, atomic_path(out) as tmp:
         cmd = [chromium, *BASE_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               f"--virtual-time-budget={int(timeout_s * 1000)}", f"--screenshot={tmp}", page_url(url, view["experiment_id"])]
+               f"--virtual-time-budget={int(timeout_s * 1000)}", f"--screenshot={tmp}", page]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         try:
             _, err = proc.communicate(timeout=timeout_s + 60)
@@ -266,14 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for the runs table")
     p.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH, or $CHROMIUM)")
     p.add_argument("--plain", action="store_true", help="plain `chromium --screenshot`: no DevTools, no checks")
+    p.add_argument("--model", default=None, metavar="NAME[/VERSION]", help="screenshot a registered model's version page instead")
     args = p.parse_args(argv)
 
     url = args.url.rstrip("/")
     chromium = find_chromium(args.chromium)
-    view = runs_view(url, args.experiment)
     out = Path(args.out)
+    if args.model:  # a registered model's version page: no runs table to set up, the plain route shows it all
+        name, _, version = args.model.partition("/")
+        page = f"{url}/#/models/{name}/versions/{version or 1}"
+        screenshot_plain(chromium, page, out, args.width, args.height, min(args.timeout, 30.0))
+        print(f"wrote {out} ({page})")
+        return 0
+    view = runs_view(url, args.experiment)
     if args.plain:
-        screenshot_plain(chromium, url, view, out, args.width, args.height, min(args.timeout, 30.0))
+        screenshot_plain(chromium, page_url(url, view["experiment_id"]), out, args.width, args.height, min(args.timeout, 30.0))
         print(f"wrote {out} ({page_url(url, view['experiment_id'])}; --plain: rows not checked)")
         return 0
     visible = screenshot_devtools(chromium, url, view, out, args.width, args.height, args.timeout)

@@ -37,14 +37,17 @@ def registered(int8_student, tmp_path_factory):
 
 
 def test_version_carries_its_numbers_and_a_signature(registered):
+    import os
+
     import mlflow
 
     uri, model_uri, version, _ = registered
     assert float(version.tags["test_acc"]) >= 0 and int(version.tags["macs"]) > 0 and version.tags["int8_kb"]
-    mlflow.set_tracking_uri(uri)
-    info = mlflow.models.get_model_info(model_uri)
+    folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=uri)
+    info = mlflow.models.Model.load(folder)  # (not mlflow.set_tracking_uri: it sets the env var for the whole session)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 32000)
     assert len(info.signature.outputs.input_names()) == 10
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # nothing leaked into later tests
 
 
 def test_predict_through_the_registry_equals_the_file(registered, tmp_path):

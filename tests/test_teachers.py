@@ -182,3 +182,27 @@ def test_data_parallel_group_that_cannot_fit_is_refused(ray_session, tmp_path, s
                          workers_per_teacher=2, cpus_per_teacher=1.0)
     with pytest.raises(ClusterError, match="lower --cpus-per-teacher"):
         run_teachers(cfg)
+
+
+def test_ddp_ranks_stay_distinct_after_a_restart(synth_store, roster):
+    """A restart loads rank 0's checkpoint on every rank: rank 0 resumes its RNG exactly, the others reseed."""
+    import torch
+
+    from asc_dist.roster import load_roster
+    from asc_dist.teacher_ddp import restore_rank
+    from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+
+    t = load_roster(str(roster))[0]
+    ctx = TeacherRunContext(run_dir="/tmp", store=str(synth_store.path), val_fraction=0.15, val_seed=0, fingerprint="x",
+                            mlflow_uri="sqlite:///:memory:", experiment="x", dirs=None)
+    rank0 = make_trainer(t, ctx, synth_store, shard=(0, 2))
+    rank0.epoch = 1
+    state = rank0.state_dict()
+    draws = []
+    for rank in (0, 1):
+        trainer = make_trainer(t, ctx, synth_store, shard=(rank, 2))
+        restore_rank(trainer, state, rank)
+        draws.append(torch.rand(4))
+    torch.set_rng_state(state["rng"])
+    assert torch.equal(draws[0], torch.rand(4))  # rank 0: exactly where it stopped
+    assert not torch.equal(draws[0], draws[1])  # rank 1: its own stream, not rank 0's

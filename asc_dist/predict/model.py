@@ -162,6 +162,9 @@ def _from_checkpoint(path: Path) -> ShippedModel:
 
 
 def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
+    """Download the model folder behind `models:/NAME/VERSION` (or `@alias`) or `runs:/...` from the tracking
+    server given, without touching MLflow's process-wide tracking URI (mlflow.set_tracking_uri also sets the
+    environment variable, which would redirect every later run of this process and its children)."""
     import os
     import tempfile
 
@@ -173,10 +176,18 @@ def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
     from asc_dist.tracking import check_reachable
 
     check_reachable(tracking)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="asc-dist-model-"))
+        source = uri
+        if uri.startswith("models:/"):
+            name, _, ref = uri.removeprefix("models:/").partition("/")
+            client = mlflow.MlflowClient(tracking, registry_uri=tracking)
+            if ref.startswith("@"):
+                version = client.get_model_version_by_alias(name, ref[1:])
+            else:
+                version = client.get_model_version(name, ref or "1")
+            source = version.source
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="asc-dist-model-"),
+                                                    tracking_uri=tracking)
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all mean: not there
         raise ConfigError(f"--model {uri}: MLflow at {tracking} cannot give it ({str(exc).splitlines()[0][:200]})") from None
     model = load_model(local)
