@@ -110,6 +110,8 @@ def _int8_section(rows: list[dict]) -> list[str]:
             f"{_pct(r.get('int8_test_acc'))} | {_pct(r.get('int8_unseen_acc'))} | {_num(r.get('int8_size_kb'), 1)} | "
             f"{_num(r.get('fp32_latency_ms'), 2)} | {_num(r.get('int8_latency_ms'), 2)} |"
         )
+    lines += ["", "ms: the traced model alone (log-mel in), batch 1, one thread, timed inside the sweep while other trials "
+              "ran, so noisy; a quiet side-by-side comparison is `OMP_NUM_THREADS=1 python ops/bench_students.py`."]
     registered = [r for r in best if r.get("registered_model")]
     if registered:
         lines += ["", "Registered in MLflow (pyfunc: float32 waveform windows in, class probabilities out): "

@@ -289,7 +289,8 @@ def _register(best: dict, cfg, store, run_id: str, uri: str) -> str:
     keys = ("name", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "int8_val_acc", "int8_test_acc", "params", "macs",
             "int8_kb", "int8_size_kb")
     example = store.split("test", cfg.data.val_fraction, cfg.data.val_seed).waves(np.arange(1))[0]
-    version = register_student(best["int8_torchscript"], example, run_id, uri, name, {k: best.get(k) for k in keys})
+    tags = {k: round(v, 4) if isinstance(v, float) else v for k, v in ((k, best.get(k)) for k in keys)}
+    version = register_student(best["int8_torchscript"], example, run_id, uri, name, tags)
     return f"models:/{name}/{version}"
 
 
