@@ -77,3 +77,17 @@ def test_bench_students(synth_root):
     assert positive(shipped["fp32_ms"], shipped["int8_ms"], shipped["front_end_ms"], shipped["onnxruntime_fp32_ms"], shipped["onnxruntime_int8_ms"])
     assert positive(rn["int8_rn_cpu_ms"], rn["float_island_rn_cpu_ms"], rn["bn_instead_cpu_ms"])
     assert front["banded_mel_macs"] * 10 < front["dense_mel_macs"] and front["max_abs_diff"] < 1e-4
+
+
+def test_bench_scale():
+    out = run_bench("bench_scale.py", "--quick")
+    assert out["sizes"] == [300, 600, 900] and out["tau22_clips"] == 230_350
+    assert {(r["clips"], r["dtype"]) for r in out["rows"]} == {(n, d) for n in (300, 600, 900) for d in ("float32", "float16")}
+    for r in out["rows"]:
+        assert positive(r["pack"]["clips_per_s"], r["pack"]["store_bytes"], r["read"]["store_waves_clips_per_s"],
+                        r["read"]["memmap_gather_clips_per_s"], r["read"]["sequential_read_mb_per_s"])
+    f32, f16 = (next(r for r in out["rows"] if r["clips"] == 900 and r["dtype"] == d) for d in ("float32", "float16"))
+    assert abs(f16["pack"]["store_bytes"] / f32["pack"]["store_bytes"] - 0.5) < 0.02  # half the bytes
+    assert positive(f32["score"]["clips_per_s"]) and f32["score"]["clips"] == 900
+    tau = out["extrapolated_to_tau22"]
+    assert tau["float32"]["store_gb"] == pytest.approx(2 * tau["float16"]["store_gb"]) and positive(tau["float32"]["score_all_clips_hours"])

@@ -138,3 +138,14 @@ def test_store_splits_follow_validation_settings(real_tau, tmp_path):
     train = store.split("train", val_fraction=0.0)
     assert train.waves(np.arange(3)).shape == (3, 32000)
     assert np.isfinite(train.source).all()
+
+
+def test_waves_come_back_in_the_order_asked(synth_store):
+    import numpy as np
+
+    train = synth_store.split("train")
+    index = np.array([5, 0, 17, 3, 3, 11])  # unsorted, with a repeat
+    got = train.waves(index)
+    assert got.dtype == np.float32 and got.shape == (6, train.source.shape[1])
+    for k, i in enumerate(index):
+        np.testing.assert_array_equal(got[k], train.source[train.rows[i]])
