@@ -7,6 +7,7 @@ advance (the packed store) check it first and name the bytes needed and availabl
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -46,6 +47,18 @@ def require_free(path: str | os.PathLike, need_bytes: int, what: str, fix: str) 
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def full_disk_means(message: str):
+    """Inside: ENOSPC/EDQUOT becomes `DiskFullError(message)` (a step that knows what it was writing names it);
+    any other OSError passes through. Put it outside `atomic_path`, so the temp is gone before the error."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(message) from None
 
 
 def disk_full_message(exc: OSError) -> str:

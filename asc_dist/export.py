@@ -61,12 +61,15 @@ def _checkpoint(spec: str) -> Path:
 
 def _clips(store_path: str | None, checkpoint: Path, n: int) -> np.ndarray:
     """The first `n` training clips of the student's store (or `--store`), as float32 [n, samples]."""
-    from asc_dist.audio.store import WaveformStore
+    from asc_dist.audio.store import WaveformStore, default_store_dir
+    from asc_dist.features import STUDENT_MEL
     from asc_dist.trial_state import load_plain
 
     if store_path is None:
-        data = load_plain(checkpoint)["config"]["data"]
-        store_path = data.get("store") or (str(Path(data["root"]) / "packed" / "sr32000") if data.get("root") else None)
+        ckpt = load_plain(checkpoint)
+        data = ckpt["config"]["data"]
+        sample_rate = int(ckpt.get("sample_rate", STUDENT_MEL.sample_rate))
+        store_path = data.get("store") or (str(default_store_dir(data["root"], sample_rate)) if data.get("root") else None)
     if store_path is None or not Path(store_path).is_dir():
         raise ConfigError(f"no packed store to calibrate and check on ({store_path}); pass --store STORE_FOLDER")
     train = WaveformStore(store_path).split("train")

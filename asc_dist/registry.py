@@ -61,11 +61,9 @@ def register_student(model_file: str | Path, example: np.ndarray, run_id: str, u
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from asc_dist.predict.model import load_model
-
     from asc_dist import registry_model
     from asc_dist.errors import ConfigError
-    from asc_dist.predict.model import read_metadata
+    from asc_dist.predict.model import load_model, read_metadata
 
     if read_metadata(Path(model_file)) is None:
         raise ConfigError(f"{model_file} carries no metadata (classes, rate): only files exported by this asc-dist are registered")

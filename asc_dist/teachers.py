@@ -19,7 +19,7 @@ from pathlib import Path
 
 from asc_dist import tracking
 from asc_dist.cli import quiet_third_party, run_main, setup_logging
-from asc_dist.diskspace import DiskFullError, require_free
+from asc_dist.diskspace import DiskFullError, existing_parent, require_free
 from asc_dist.errors import ConfigError
 from asc_dist.logits import read_teacher_meta, teacher_logits_path
 from asc_dist.prepare import DataConfig, prepare_store
@@ -100,9 +100,7 @@ def with_weights(roster: list[TeacherConfig], weights: dict[str, str]) -> list[T
 
 def check_writable(run_dir: Path) -> None:
     """Fail early if `run_dir` cannot be created or written, without creating anything."""
-    probe = run_dir
-    while not probe.exists():
-        probe = probe.parent
+    probe = existing_parent(run_dir)
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"output folder {run_dir} is not writable ({probe} is {'not a folder' if not probe.is_dir() else 'read-only'}); pass --out to a writable folder")
 

@@ -89,10 +89,6 @@ def _student(sweep: SweepConfig, trial: dict, parent_run_id: str | None, uri: st
     )
 
 
-def _sweep_of(config: dict) -> SweepConfig:
-    return SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
-
-
 def trial_checkpoint(sweep: SweepConfig, trial: dict, fingerprint: str) -> TrialCheckpoint:
     """A trial's epoch checkpoint, keyed by the sweep's fingerprint (its config and the targets it learns from)."""
     return TrialCheckpoint.of(sweep.run_dir, "sweep", _student(sweep, trial, None, "").run_name, fingerprint)
@@ -106,7 +102,7 @@ def sweep_trainable(config: dict) -> None:
     from asc_dist.audio.store import WaveformStore
     from asc_dist.distill import train_student
 
-    sweep = _sweep_of(config)
+    sweep = SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
     cfg = _student(sweep, config["trial"], config["parent_run_id"], config["mlflow_uri"])
     checkpoint = trial_checkpoint(sweep, config["trial"], config["fingerprint"])
     stopped = checkpoint.stopped()
@@ -252,7 +248,7 @@ def _close_stopped_runs(rows: list[dict], parent_run_id: str, uri: str, experime
 
 def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: str, uri: str) -> None:
     """QAT-finetune and export the best trial of every preset (by validation accuracy): a finished one if any,
-    else (every trial of the preset stopped by ASHA) the best stopped one, from its last Tune checkpoint."""
+    else (every trial of the preset stopped by ASHA) the best stopped one, from its last epoch checkpoint."""
     from asc_dist.distill import build_student_model
     from asc_dist.qat import quantize_student
     from asc_dist.trial_state import load_plain

@@ -26,7 +26,7 @@ from asc_dist.atomic import atomic_path, remove_stale_temps
 from asc_dist.audio.decode import decode_batch
 from asc_dist.data.check import check_dataset
 from asc_dist.data.table import ClipTable, TauLayout, build_clip_table, carve_validation, read_layout
-from asc_dist.diskspace import DiskFullError, is_disk_full, require_free
+from asc_dist.diskspace import full_disk_means, require_free
 from asc_dist.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,10 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
     need = len(table) * n_samples * np.dtype(cfg.dtype).itemsize
     require_free(out.parent, need, f"the packed store ({len(table):,} clips x {n_samples:,} samples, {cfg.dtype})",
                  "free space there or pass --store (pack: --out) to a disk with room")
-    try:
-        with atomic_path(out) as tmp:
-            tmp.mkdir()
-            _write_store(tmp, root, table, cfg, n_samples, fp)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise DiskFullError(f"the disk under {out.parent} filled up while packing the store; the partial store was removed. "
-                                "Free space there or pass --store (pack: --out) to a disk with room") from None
-        raise
+    with full_disk_means(f"the disk under {out.parent} filled up while packing the store; the partial store was removed. "
+                         "Free space there or pass --store (pack: --out) to a disk with room"), atomic_path(out) as tmp:
+        tmp.mkdir()
+        _write_store(tmp, root, table, cfg, n_samples, fp)
     return out, True
 
 

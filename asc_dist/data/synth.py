@@ -42,7 +42,7 @@ import numpy as np
 import soundfile as sf
 
 from asc_dist.atomic import atomic_path
-from asc_dist.diskspace import DiskFullError, is_disk_full
+from asc_dist.diskspace import full_disk_means
 from asc_dist.data.devices import DEVICES, SEEN_DEVICES, SEVERITY, UNSEEN_DEVICES, DeviceSpec, device_specs, load_irs
 from asc_dist.data.scenes import (EVENT_OFFSET_DB, EVENT_SECONDS, EVENTS, SCENES, STYLES, SceneStyle, _rng,
                                   class_style, perturb_style, render_scene)  # fmt: skip
@@ -249,24 +249,16 @@ def generate(
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file())):
         raise ConfigError(f"{out_dir}: exists and is not a synthetic dataset (no synth.json); choose a new --out folder")
     start = time.perf_counter()
+    sr, n_clip, parts = cfg.sample_rate, cfg.clip_samples, cfg.parts_per_segment
     devices = device_specs(cfg)
     segments = plan(cfg)
-    try:
-        return _render(out_dir, cfg, segments, devices, start, progress)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise DiskFullError(f"the disk under {out_dir.parent} filled up while writing the synthetic dataset {out_dir}; the partial "
-                                "dataset was removed. Free space there or pass --out (pipeline: --run) on a disk with room") from None
-        raise
-
-
-def _render(out_dir: Path, cfg: SynthConfig, segments, devices, start: float, progress) -> SynthSummary:
-    sr, n_clip, parts = cfg.sample_rate, cfg.clip_samples, cfg.parts_per_segment
     styles = {}
     meta: list[tuple[str, str, str, str]] = []
     splits: dict[str, str] = {}
     peak = 0.0
-    with atomic_path(out_dir) as tmp:
+    full = (f"the disk under {out_dir.parent} filled up while writing the synthetic dataset {out_dir}; the partial dataset was "
+            "removed. Free space there or pass --out (pipeline: --run) on a disk with room")
+    with full_disk_means(full), atomic_path(out_dir) as tmp:
         (tmp / "audio").mkdir(parents=True)
         (tmp / "evaluation_setup").mkdir()
         for done, seg in enumerate(segments, start=1):

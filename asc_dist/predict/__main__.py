@@ -69,11 +69,10 @@ def predict(model: ShippedModel, items: list[str], batch_size: int = 64, progres
     found = find_audio(items)
     if not found:
         raise ConfigError(f"no audio files in {', '.join(items)} (looked for wav, flac, ogg, mp3, aiff)")
-    result, pending, n_pending = Prediction(model), [], 0
+    result, pending = Prediction(model), []
     start = last = time.perf_counter()
 
     def flush() -> None:
-        nonlocal n_pending
         if not pending:
             return
         waves = torch.from_numpy(np.concatenate([w.waves for w in pending]))
@@ -83,7 +82,6 @@ def predict(model: ShippedModel, items: list[str], batch_size: int = 64, progres
             result.files.append(FilePrediction(w.name, log_probs[at : at + len(w.waves)], w.starts_s, w.padded))
             at += len(w.waves)
         pending.clear()
-        n_pending = 0
 
     for i, (path, name) in enumerate(found, start=1):
         try:
@@ -94,8 +92,7 @@ def predict(model: ShippedModel, items: list[str], batch_size: int = 64, progres
             result.failed.append((str(path), reason))
             continue
         pending.append(windows)
-        n_pending += len(windows.waves)
-        if n_pending >= batch_size:
+        if sum(len(w.waves) for w in pending) >= batch_size:
             flush()
         now = time.perf_counter()
         if now - last >= progress_s:
