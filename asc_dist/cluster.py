@@ -48,3 +48,36 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     resources = ray.cluster_resources()
     log.info("Ray: %d node(s), %s CPU, %s GPU", len([n for n in ray.nodes() if n["Alive"]]), resources.get("CPU", 0), resources.get("GPU", 0))
     return resources
+
+
+def _can_see(paths: dict[str, tuple[str, bool]]) -> tuple[str, list[str]]:
+    """On one node: which of `paths` (what -> (path, must be writable)) it cannot use."""
+    import ray
+
+    problems = []
+    for what, (path, writable) in paths.items():
+        if not os.path.exists(path):
+            problems.append(f"{what} {path} does not exist there")
+        elif not os.access(path, os.R_OK | (os.W_OK if writable else 0)):
+            problems.append(f"{what} {path} is not {'writable' if writable else 'readable'} there")
+    return ray.util.get_node_ip_address(), problems
+
+
+def check_shared(paths: dict[str, tuple[str, bool]]) -> None:
+    """Every alive node must see the folders trials use at the same paths (a shared filesystem): ask each node with a
+    zero-CPU task pinned to it, and stop with one clear error instead of a trial's stack trace on a worker."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0)(_can_see)
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
+                       for n in nodes], timeout=120)
+    blind = [(ip, problems) for ip, problems in answers if problems]
+    if blind:
+        detail = "; ".join(f"node {ip}: {', '.join(problems)}" for ip, problems in blind)
+        raise ClusterError(f"not every node of the cluster sees this run's files ({detail}). Put the dataset, its store and "
+                           "the run folder on a filesystem every node mounts at the same path (cluster.yaml: /shared over NFS, "
+                           "/data and /runs point into it), see ops/README.md")

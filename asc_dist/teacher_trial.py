@@ -26,7 +26,7 @@ from asc_dist.logits import write_teacher_logits
 from asc_dist.pace import Pace
 from asc_dist.roster import TeacherConfig
 from asc_dist.train import OptimConfig, Trainer
-from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, resume_from
+from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,15 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     import ray
 
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    ip = node_ip()
     params = sum(p.numel() for p in model.parameters())
-    config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node,
+    config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node, "node_ip": ip,
               "val_carve": [ctx.val_fraction, ctx.val_seed]}
     write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
     wall = time.perf_counter() - start
     mlrun.log_metrics({"wall_s": wall})
     return {
-        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "wall_s": wall,
+        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "node_ip": ip, "wall_s": wall,
         "context_s": t.context_s, "init": f"weights {Path(t.weights).name}" if t.weights else "scratch",
         "train_acc": train_acc, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
         "unseen_acc": flat.get("test_unseen_accuracy"), "epochs_trained": len(history),

@@ -184,11 +184,13 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
     """Run the trials; returns the finished teachers' summaries and each trial's error text (None if none)."""
     from ray import tune
 
-    from asc_dist.cluster import connect
-    from asc_dist.progress import EpochProgress
+    from asc_dist.cluster import check_shared, connect
+    from asc_dist.progress import EpochProgress, NodeWatch
     from asc_dist.teacher_trial import context_dict, tune_trainable
 
     cluster = connect(cfg.address)
+    check_shared({"the packed store": (ctx.store, False), "the run folder": (ctx.run_dir, True),
+                  **({"the impulse-response folder": (ctx.dirs, False)} if ctx.dirs else {})})
     if cfg.workers_per_teacher > 1:
         from asc_dist.teacher_ddp import check_fits, ddp_resources, ddp_trainable
 
@@ -209,7 +211,7 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
             name=f"teachers-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(run_dir / "ray_results"),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[EpochProgress("teacher")],
+            callbacks=[EpochProgress("teacher"), NodeWatch("teacher")],
             verbose=0,
         ),
     )
@@ -231,7 +233,7 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
     keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
-            "clips_per_s", "node_id", "epochs_trained")
+            "clips_per_s", "node_id", "node_ip", "epochs_trained")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}

@@ -93,6 +93,13 @@ class TrialCheckpoint:
         self.stopped_path.unlink(missing_ok=True)
 
 
+def node_ip() -> str:
+    """This process's node address in a Ray cluster ("local" outside Ray)."""
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "local"
+
+
 def epoch_reporter(checkpoint: TrialCheckpoint):
     """`report(metrics, state)` for a Tune trial: state to the stable checkpoint first, then the metrics to
     Tune (a kill between the two loses nothing: the epoch is on disk, Tune only hears of it again)."""
@@ -101,7 +108,7 @@ def epoch_reporter(checkpoint: TrialCheckpoint):
         from ray import tune
 
         checkpoint.save(state)
-        tune.report(metrics)
+        tune.report({**metrics, "node_ip": node_ip()})
 
     return report
 

@@ -26,7 +26,7 @@ from asc_dist.run_lock import run_lock
 from asc_dist.errors import ConfigError
 from asc_dist.kd import validate_kd
 from asc_dist.prepare import DataConfig
-from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, resume_from
+from asc_dist.trial_state import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 
 log = logging.getLogger("asc_dist.tune")
 RESULTS = "sweep/results.json"
@@ -111,7 +111,7 @@ def sweep_trainable(config: dict) -> None:
         return
     store = WaveformStore(sweep.data.store)
     result = train_student(cfg, report=epoch_reporter(checkpoint), resume=resume_from(checkpoint, cfg.run_name), store=store)
-    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "epoch": sweep.epochs, "finished": 1})
+    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "epoch": sweep.epochs, "finished": 1, "node_ip": node_ip()})
 
 
 def mark_stopped_trials(sweep: SweepConfig, fingerprint: str):
@@ -128,7 +128,7 @@ def mark_stopped_trials(sweep: SweepConfig, fingerprint: str):
 
 
 def run_sweep(sweep: SweepConfig) -> list[dict]:
-    from asc_dist.cluster import connect
+    from asc_dist.cluster import check_shared, connect
     from asc_dist.logits import load_targets, targets_path
     from asc_dist.prepare import prepare_store
 
@@ -151,6 +151,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         log.info("sweep results in %s are up to date; nothing to run", results_file)
         return json.loads(results_file.read_text())["trials"]
     connect(sweep.address)
+    check_shared({"the packed store": (sweep.data.store, False), "the run folder": (sweep.run_dir, True)})
     with run_lock(sweep.run_dir):
         tracking.close_abandoned(uri, sweep.experiment, sweep.run_dir)
         parent_file = Path(sweep.run_dir) / PARENT
@@ -191,7 +192,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from asc_dist.progress import EpochProgress
+    from asc_dist.progress import EpochProgress, NodeWatch
 
     trials = [{"preset": p, "kd_lambda": lam, "temperature": t, "sample": s}
               for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
@@ -205,7 +206,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
         run_config=tune.RunConfig(
             name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((Path(sweep.run_dir) / "ray_results").resolve()),
             failure_config=tune.FailureConfig(max_failures=2),
-            callbacks=[EpochProgress("student"), mark_stopped_trials(sweep, fingerprint)], verbose=0,
+            callbacks=[EpochProgress("student"), NodeWatch("student"), mark_stopped_trials(sweep, fingerprint)], verbose=0,
         ),
     )
     grid = tuner.fit()
@@ -226,7 +227,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
             "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
             "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
             "epoch_checkpoint": str(epoch_ckpt.path) if epoch_ckpt.path.is_file() else None,
-            "mlflow_run_id": full.get("mlflow_run_id"),
+            "mlflow_run_id": full.get("mlflow_run_id"), "node_ip": m.get("node_ip"),
         })
     _close_stopped_runs(rows, parent_run_id, uri, sweep.experiment)
     return rows
