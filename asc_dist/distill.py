@@ -28,7 +28,7 @@ from asc_dist.features import FRONT_ENDS, LogMel
 from asc_dist.kd import kd_loss, validate_kd
 from asc_dist.logits import load_targets, targets_path
 from asc_dist.prepare import DataConfig
-from asc_dist.train import OptimConfig, Trainer, cross_entropy_loss
+from asc_dist.train import OptimConfig, Trainer, check_amp, cross_entropy_loss
 
 log = logging.getLogger(__name__)
 TARGET_KINDS = ("fused", "average", "none")
@@ -70,6 +70,7 @@ class StudentConfig:
     parent_run_id: str | None = None
     device: str = "auto"
     threads: int = 0  # torch threads (0 = torch's default)
+    amp: str = "bf16"  # bf16 autocast of the forward on a GPU, or "off" (fp32); QAT always trains in fp32
 
     @property
     def run_name(self) -> str:
@@ -109,6 +110,7 @@ class StudentConfig:
         if self.epochs < 1 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs}: an untrained student is not worth exporting), "
                               "--qat-epochs >= 0, --lr > 0 and --batch-size >= 1")
+        check_amp(self.amp)
         self.data.check()
 
     def to_dict(self) -> dict:
@@ -184,7 +186,8 @@ def make_loss(cfg: StudentConfig, teacher: np.ndarray | None, device: torch.devi
     return loss
 
 
-def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Module, epochs: int, lr: float) -> Trainer:
+def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Module, epochs: int, lr: float, amp: str | None = None) -> Trainer:
+    """The student's trainer; `amp` overrides `cfg.amp` (QAT's fake-quantisers observe fp32 activations)."""
     d = cfg.data
     train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
     aug = cfg.augment()
@@ -198,7 +201,8 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
     teacher = train_targets(cfg, store, train.table.filename)
     trainer = Trainer(
         model, LogMel(FRONT_ENDS[getattr(model, "front_end", "student")]), train, val,
-        OptimConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed),
+        OptimConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                    amp=cfg.amp if amp is None else amp),
         wave_aug=wave_aug, spec_aug=spec_aug, device=cfg.device, name=cfg.run_name,
     )
     trainer.loss_fn = make_loss(cfg, teacher, trainer.device)
@@ -209,7 +213,7 @@ def make_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Modul
 def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device) -> dict:
     """Reports on val and test; devices of the training split count as seen."""
     d = cfg.data
-    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device)
+    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp)
     seen = sorted(set(store.split("train", d.val_fraction, d.val_seed).table.device.tolist()))
     return split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=seen)
 

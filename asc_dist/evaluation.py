@@ -16,9 +16,10 @@ from asc_dist.tracking import Run
 
 
 def score_splits(
-    model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device, context_k: int = 1
+    model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device, context_k: int = 1, amp: str = "bf16"
 ) -> tuple[np.ndarray, ClipTable]:
-    """Logits of every clip of `splits` (those present), clean audio in eval mode, and their table rows.
+    """Logits (float32) of every clip of `splits` (those present), clean audio in eval mode, and their table rows;
+    on CUDA the model runs under bf16 autocast unless `amp` is "off" (`asc_dist.train.autocast`).
 
     `context_k` > 1: each clip is scored through its context window (`asc_dist.context`), each distinct
     window once, and the window's logits are stored for every clip it scores."""
@@ -28,9 +29,9 @@ def score_splits(
     def split_logits(name: str) -> np.ndarray:
         data = store.split(name, val_fraction, val_seed)
         if context_k <= 1:
-            return predict(model, front, data, device=device)
+            return predict(model, front, data, device=device, amp=amp)
         windows = ContextSplit(data, context_k)
-        return predict(model, front, windows, batch_size=max(4, 128 // context_k), device=device)[windows.index.clip_window]
+        return predict(model, front, windows, batch_size=max(4, 128 // context_k), device=device, amp=amp)[windows.index.clip_window]
 
     logits = np.concatenate([split_logits(s) for s in present])
     return logits, table.take(np.concatenate([np.flatnonzero(table.split == s) for s in present]))

@@ -68,7 +68,7 @@ def quantize_student(cfg, store, fp32_model: nn.Module, mlrun) -> dict:
     from asc_dist.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, int8_size_bytes, prepare_qat
 
     qat_model = prepare_qat(fp32_model.cpu())
-    trainer = make_trainer(cfg, store, qat_model, cfg.qat_epochs, cfg.qat_lr)
+    trainer = make_trainer(cfg, store, qat_model, cfg.qat_epochs, cfg.qat_lr, amp="off")
     n_frozen = frozen_epochs(cfg.qat_epochs)
 
     def on_epoch(result) -> None:

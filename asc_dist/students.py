@@ -14,6 +14,7 @@ from asc_dist.distill import TARGET_KINDS, StudentConfig, train_student
 from asc_dist.errors import ConfigError
 from asc_dist.prepare import DataConfig
 from asc_dist.run_lock import run_lock
+from asc_dist.train import AMP_MODES
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-uri", default=None)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--amp", default="bf16", choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -83,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> StudentConfig:
         adir_tau=adir_tau, adir_p=adir_p, dir_p=args.dir_p, roll_s=args.roll, freqm=args.freqm, timem=args.timem,
         mixup_alpha=args.mixup, stretch_p=args.stretch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, name=args.name, experiment=args.experiment,
-        mlflow_uri=args.mlflow_uri, device=args.device,
+        mlflow_uri=args.mlflow_uri, device=args.device, amp=args.amp,
     )
 
 

@@ -48,6 +48,7 @@ class TeacherRunContext:
     fail_once: str | None = None  # test-only switch: this teacher's trial fails once after epoch 1
     cpus_per_worker: float = 1.0  # data-parallel workers (--workers-per-teacher > 1)
     progress_s: float = 30.0  # a progress line inside an epoch at least this often
+    amp: str = "bf16"  # bf16 autocast of the model's forward on CUDA, or "off" (asc_dist.train.autocast)
 
 
 def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
@@ -113,7 +114,8 @@ def make_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore,
         model, front, train, val,
         # every rank starts from the same weights (seeded above; DDP also broadcasts rank 0's) but draws its own
         # augmentations and batch order: seed + rank
-        OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed + (shard[0] if shard else 0)),
+        OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed + (shard[0] if shard else 0),
+                    amp=ctx.amp),
         wave_aug=wave_aug, spec_aug=spec_aug, device="auto" if ctx.device == "cuda" else "cpu", name=t.name,
     )
     trainer.pace = Pace(every_s=ctx.progress_s, remedy=(
@@ -131,7 +133,7 @@ def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resum
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
     k = teacher_context_parts(t, store)
-    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k)
+    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k, amp=ctx.amp)
     reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
     flat = log_reports(mlrun, reports, t.name)
     is_train = rows.split == "train"

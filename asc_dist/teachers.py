@@ -26,6 +26,7 @@ from asc_dist.prepare import DataConfig, prepare_store
 from asc_dist.roster import TeacherConfig, load_roster, take
 from asc_dist.run_lock import run_lock
 from asc_dist.teacher_trial import TeacherRunContext
+from asc_dist.train import AMP_MODES, check_amp
 
 log = logging.getLogger("asc_dist.teachers")
 MANIFEST = "teachers.json"
@@ -56,6 +57,7 @@ class TeachersConfig:
     force: bool = False
     fail_once: str | None = None  # test-only: this teacher's trial fails once after its first checkpoint
     progress_s: float = 30.0  # a progress line inside each epoch at least this often
+    amp: str = "bf16"  # bf16 autocast of each model's forward on a GPU, or "off" (fp32)
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -128,6 +130,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     roster = with_weights(roster, {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})})
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
+    check_amp(cfg.amp)
     cfg.data.check()
     roster = validate_teachers(roster, cfg.data.dirs)
     check_writable(run_dir)
@@ -157,7 +160,7 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
             dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
-            fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s,
+            fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s, amp=cfg.amp,
         )
         tracking.close_abandoned(uri, cfg.experiment, run_dir)
         from asc_dist.teacher_trial import teacher_checkpoint
@@ -278,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
     p.add_argument("--progress-s", type=float, default=30.0, help="a progress line (clips/s, ETAs) inside each epoch at least this often")
+    p.add_argument("--amp", default="bf16", choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
     p.add_argument("--force", action="store_true", help="retrain teachers whose logits exist")
     p.add_argument("--fail-once", default=None, help=argparse.SUPPRESS)  # test-only failure injection
     p.add_argument("-v", "--verbose", action="store_true")
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,
-        progress_s=args.progress_s,
+        progress_s=args.progress_s, amp=args.amp,
     )
     run_teachers(cfg)
     return 0

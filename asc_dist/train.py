@@ -4,6 +4,10 @@ Waveforms come from the packed store; augmentation of waveforms (DIR/ADIR, roll,
 log-mels (Freq-MixStyle, masking) happens on the compute device inside the step; the loss is a plug-in
 (plain cross-entropy for teachers, the KD loss for students). Each epoch ends with a validation pass and an
 `on_epoch` callback that may checkpoint (`Trainer.state_dict()` is everything a resume needs).
+
+On CUDA the model's forward pass (training and scoring) runs under bf16 autocast (`OptimConfig.amp`): tensor
+cores at bf16 rate, fp32 master weights and no loss scaling (bf16 has fp32's exponent range). The front end
+and the augmentations run outside it in fp32, and the loss sees fp32 logits. On CPU it is a no-op.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from asc_dist.audio.store import SplitData
 from asc_dist.augment import MixInfo, SpecPipeline, WavePipeline
 from asc_dist.batches import Batch, BatchLoader
+from asc_dist.errors import ConfigError
 from asc_dist.pace import Pace
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,10 @@ class OptimConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1  # of all steps, linear warm-up, then cosine decay to 0
     seed: int = 0
+    amp: str = "bf16"  # the model's forward on CUDA: bf16 autocast, or "off" (fp32); CPU is always fp32
+
+    def __post_init__(self) -> None:
+        check_amp(self.amp)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +61,23 @@ def cross_entropy_loss(logits: torch.Tensor, batch: Batch, labels: torch.Tensor,
         per = per + (1 - mix.lam) * F.cross_entropy(logits, labels[mix.perm], reduction="none")
         loss = per.mean()
     return loss, {"ce": float(loss.detach())}
+
+
+AMP_MODES = ("bf16", "off")
+
+
+def check_amp(amp: str) -> None:
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp {amp!r} is unknown; choose bf16 (autocast on CUDA) or off (fp32)")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast around a model's forward pass when `device` is CUDA and `amp` is "bf16"; otherwise
+    nothing. The front end keeps its own fp32 region (`asc_dist.features.LogMel`)."""
+    check_amp(amp)
+    if torch.device(device).type == "cuda" and amp == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -79,8 +105,10 @@ def observers_frozen(model: nn.Module):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size: int = 128, device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits [N, C] for every clip of `data` in its table order (clean audio, eval mode, observers off)."""
+def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size: int = 128, device: torch.device | str = "cpu",
+            amp: str = "bf16") -> np.ndarray:
+    """Logits [N, C] (float32) for every clip of `data` in its table order (clean audio, eval mode, observers off;
+    the model under bf16 autocast on CUDA unless `amp` is "off")."""
     device = torch.device(device)
     model.eval()
     front_end.eval()
@@ -88,7 +116,9 @@ def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size:
     with observers_frozen(model):
         for batch in BatchLoader(data, batch_size, shuffle=False):
             spec = front_end(torch.from_numpy(batch.waves).to(device))
-            out.append(model(spec).float().cpu().numpy())
+            with autocast(device, amp):
+                logits = model(spec)
+            out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -156,6 +186,33 @@ class Trainer:
         self.loader.epoch = self.epoch
         torch.set_rng_state(state["rng"])
 
+    def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        """One optimisation step on `batch` (the model and front end in train mode, as `train_epoch` sets them):
+        waveform augmentation, front end and spectrogram augmentation in fp32, the model's forward under
+        `autocast`, the loss on fp32 logits. Returns the loss (detached), the fp32 logits, the labels on the
+        device and the loss's parts."""
+        waves = torch.from_numpy(batch.waves).to(self.device, non_blocking=True)
+        labels = torch.from_numpy(batch.labels).to(self.device)
+        mix = None
+        if self.wave_aug is not None:
+            self.wave_aug.train()
+            waves, mix = self.wave_aug(waves, batch.devices)
+        spec = self.front_end(waves)
+        if self.spec_aug is not None and len(self.spec_aug):
+            self.spec_aug.train()
+            spec = self.spec_aug(spec)
+        with autocast(self.device, self.cfg.amp):
+            logits = self.model(spec)
+        logits = logits.float()  # the loss in fp32 whatever the forward ran in
+        loss, parts = self.loss_fn(logits, batch, labels, mix)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: non-finite training loss at epoch {self.epoch + 1}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), logits.detach(), labels, parts
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.front_end.train()
@@ -166,26 +223,9 @@ class Trainer:
         batches = len(self.loader)
         per_epoch = min(len(self.train_data), batches * self.cfg.batch_size)
         for done, batch in enumerate(self.loader, start=1):
-            waves = torch.from_numpy(batch.waves).to(self.device, non_blocking=True)
-            labels = torch.from_numpy(batch.labels).to(self.device)
-            mix = None
-            if self.wave_aug is not None:
-                self.wave_aug.train()
-                waves, mix = self.wave_aug(waves, batch.devices)
-            spec = self.front_end(waves)
-            if self.spec_aug is not None and len(self.spec_aug):
-                self.spec_aug.train()
-                spec = self.spec_aug(spec)
-            logits = self.model(spec)
-            loss, parts = self.loss_fn(logits, batch, labels, mix)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{self.name}: non-finite training loss at epoch {self.epoch + 1}; lower the learning rate")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            loss, logits, labels, parts = self.step(batch)
             n = len(batch.labels)
-            total_loss += float(loss.detach()) * n
+            total_loss += float(loss) * n
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v * n
             correct += int((logits.argmax(1) == labels).sum())
@@ -202,7 +242,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if self.val_data is None or len(self.val_data) == 0:
             return {}
-        logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device))
+        logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device, amp=self.cfg.amp))
         labels = torch.from_numpy(self.val_data.table.label)
         correct = (logits.argmax(1) == labels).numpy()
         devices = self.val_data.table.device

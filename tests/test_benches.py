@@ -91,3 +91,39 @@ def test_bench_scale():
     assert positive(f32["score"]["clips_per_s"]) and f32["score"]["clips"] == 900
     tau = out["extrapolated_to_tau22"]
     assert tau["float32"]["store_gb"] == pytest.approx(2 * tau["float16"]["store_gb"]) and positive(tau["float32"]["score_all_clips_hours"])
+
+
+def test_bench_gpu_refuses_without_cuda_in_one_line():
+    """The default device is CUDA: without one, exit 2 and one line naming the fix, before any work."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for args, words in (((), ("CUDA is not available", "--device cpu")), (("--device", "cpu", "--parts", "passt,gpus"), ("--parts gpus",))):
+        proc = subprocess.run([sys.executable, str(REPO / "ops" / "bench_gpu.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), proc.stderr
+
+
+def test_bench_gpu_cpu_smoke(synth_root, tmp_path):
+    """PaSST (10-s windows) and the student, bf16 then fp32, through Trainer.step; on a CPU autocast is off."""
+    import shutil
+
+    out = run_bench("bench_gpu.py", "--device", "cpu", "--quick", "--parts", "passt,student", "--data", str(synth_root),
+                    "--out", str(tmp_path / "gpu.json"))
+    assert json.loads((tmp_path / "gpu.json").read_text()) == out
+    assert out["parts"] == ["passt", "student"] and "teachers" not in out
+    assert out["environment"]["device"] == "cpu" and out["environment"]["torch"]
+    passt, student = out["passt"], out["student"]
+    assert passt["model"] == "passt:tiny" and passt["clip_s"] == 10.0 and passt["log_mel_shape"] == [1, 128, 1000]
+    assert student["model"] == "dsflexinet:sm2"
+    for part in (passt, student):
+        assert part["autocast_active"] is False and positive(part["speedup_bf16_vs_fp32"], part["part_s"])
+        assert (part["bf16"]["amp"], part["fp32"]["amp"]) == ("bf16", "off")
+        for run in (part["bf16"], part["fp32"]):
+            assert run["steps"] >= 2 and positive(run["clips_per_s"], run["step_ms"], run["seconds"])
+            if shutil.which("nvidia-smi") is None:
+                assert "not found" in run["gpu_utilisation"]["note"]
+    if shutil.which("nvidia-smi") is None:
+        assert "nvidia-smi" in out["note"]
