@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from asc_dist.audio.store import PackConfig, WaveformStore, default_store_dir, pack
+from asc_dist.audio.store import PackConfig, WaveformStore, default_store_dir, pack, packed_dtype
 from asc_dist.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def prepare_store(cfg: DataConfig, run_dir: str | Path) -> WaveformStore:
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist; pass --data with a TAU-layout folder or omit it for the synthetic set")
     store_dir = Path(cfg.store) if cfg.store else default_store_dir(root, cfg.sample_rate)
-    store_dir, built = pack(root, store_dir, PackConfig(sample_rate=cfg.sample_rate))
-    log.info("waveform store %s (%s)", store_dir, "packed" if built else "up to date")
+    dtype = packed_dtype(store_dir) or PackConfig.dtype  # a store packed with `data pack --dtype int16` stays int16
+    store_dir, built = pack(root, store_dir, PackConfig(sample_rate=cfg.sample_rate, dtype=dtype))
+    log.info("waveform store %s (%s, %s)", store_dir, dtype, "packed" if built else "up to date")
     return WaveformStore(store_dir)

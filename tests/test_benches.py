@@ -81,16 +81,23 @@ def test_bench_students(synth_root):
 
 def test_bench_scale():
     out = run_bench("bench_scale.py", "--quick")
+    dtypes = ("float32", "float16", "int16")
     assert out["sizes"] == [300, 600, 900] and out["tau22_clips"] == 230_350
-    assert {(r["clips"], r["dtype"]) for r in out["rows"]} == {(n, d) for n in (300, 600, 900) for d in ("float32", "float16")}
+    assert {(r["clips"], r["dtype"]) for r in out["rows"]} == {(n, d) for n in (300, 600, 900) for d in dtypes}
     for r in out["rows"]:
         assert positive(r["pack"]["clips_per_s"], r["pack"]["store_bytes"], r["read"]["store_waves_clips_per_s"],
                         r["read"]["memmap_gather_clips_per_s"], r["read"]["sequential_read_mb_per_s"])
-    f32, f16 = (next(r for r in out["rows"] if r["clips"] == 900 and r["dtype"] == d) for d in ("float32", "float16"))
-    assert abs(f16["pack"]["store_bytes"] / f32["pack"]["store_bytes"] - 0.5) < 0.02  # half the bytes
+        assert r["read"]["store_waves_equal_gather"]  # the store's decode = the plain gather's, bit for bit
+        assert positive(r["train"]["clips_per_s"], r["train"]["peak_rss_mb"]) and 0 <= r["train"]["data_wait_share"] < 1
+        assert r["train"]["steps"] == 3 and r["train"]["side_by_side_with"] == list(dtypes) and r["train"]["torch_threads"] == 1
+    f32, f16, i16 = (next(r for r in out["rows"] if r["clips"] == 900 and r["dtype"] == d) for d in dtypes)
+    for half in (f16, i16):
+        assert abs(half["pack"]["store_bytes"] / f32["pack"]["store_bytes"] - 0.5) < 0.02  # half the bytes
+    assert "1/32768" in i16["read"]["memmap_gather_does"]  # its physical limit includes the same decode
     assert positive(f32["score"]["clips_per_s"]) and f32["score"]["clips"] == 900
     tau = out["extrapolated_to_tau22"]
-    assert tau["float32"]["store_gb"] == pytest.approx(2 * tau["float16"]["store_gb"]) and positive(tau["float32"]["score_all_clips_hours"])
+    assert tau["float32"]["store_gb"] == pytest.approx(2 * tau["float16"]["store_gb"]) == pytest.approx(2 * tau["int16"]["store_gb"])
+    assert positive(tau["float32"]["score_all_clips_hours"]) and tau["int16"]["train_vs_float32_by_size"]
 
 
 def test_bench_gpu_refuses_without_cuda_in_one_line():

@@ -149,3 +149,79 @@ def test_waves_come_back_in_the_order_asked(synth_store):
     assert got.dtype == np.float32 and got.shape == (6, train.source.shape[1])
     for k, i in enumerate(index):
         np.testing.assert_array_equal(got[k], train.source[train.rows[i]])
+
+
+def test_int16_store_round_trips_real_audio_and_is_its_own_data(real_tau, tmp_path):
+    """int16 (16-bit PCM) store: within 1/32768 of the float32 store on every clip, half the bytes, decoded to
+    float32 on read, and a different fingerprint, so teachers' logits and checkpoints of one are not reused for
+    the other."""
+    import json
+
+    from asc_dist.logits import write_teacher_logits
+    from asc_dist.roster import TeacherConfig
+    from asc_dist.teacher_trial import TeacherRunContext, teacher_checkpoint
+    from asc_dist.teachers import is_done
+
+    f32 = WaveformStore(pack(real_tau, tmp_path / "f32")[0])
+    i16 = WaveformStore(pack(real_tau, tmp_path / "i16", PackConfig(dtype="int16"))[0])
+    assert i16.manifest["dtype"] == "int16" and i16.manifest["clipped_samples"] == 0 and i16.manifest["int16_full_scale"] == 32768
+    assert (tmp_path / "i16" / "train.npy").stat().st_size * 2 == pytest.approx((tmp_path / "f32" / "train.npy").stat().st_size, rel=0.01)
+    for split in ("train", "test"):  # every clip of the store
+        a, b = f32.split(split, val_fraction=0.0), i16.split(split, val_fraction=0.0)
+        assert b.source.dtype == np.int16
+        index = np.arange(len(a))[::-1]  # every clip, out of order
+        want, got = a.waves(index), b.waves(index)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1 / 32768)
+        assert np.abs(got - want).max() > 0  # really re-quantised (24-bit source resampled)
+        np.testing.assert_array_equal(got, b.source[b.rows[index]].astype(np.float32) * (1 / 32768))
+    assert np.abs(f32.split("train").waves(np.arange(4))).max() > 0.01  # not silence
+
+    assert i16.fingerprint != f32.fingerprint
+    t = TeacherConfig(name="t", family="cnn")
+    table = f32.table()
+    write_teacher_logits(tmp_path / "run", "t", table.filename, table.split, table.device, table.label,
+                         np.zeros((len(table), len(f32.classes)), dtype=np.float32), f32.classes,
+                         {"config_hash": t.config_hash(), "val_carve": [0.15, 0]}, f32.fingerprint)  # fmt: skip
+    assert is_done(tmp_path / "run", t, f32.fingerprint) and not is_done(tmp_path / "run", t, i16.fingerprint)
+    keys = {teacher_checkpoint(t, TeacherRunContext(str(tmp_path / "run"), str(s.path), 0.15, 0, s.fingerprint, "", "", None)).key
+            for s in (f32, i16)}
+    assert len(keys) == 2
+    assert json.loads((tmp_path / "f32" / "manifest.json").read_text())["dtype"] == "float32"
+
+
+def test_pack_cli_dtype_choice_and_steps_keep_it(real_tau, tmp_path):
+    import json
+
+    from asc_dist.prepare import DataConfig, prepare_store
+
+    out = tmp_path / "store"
+    proc = run_cli("pack", str(real_tau), "--out", str(out), "--dtype", "int16")
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    assert printed["dtype"] == "int16" and printed["packed"]
+    # A later step (prepare_store, as teachers/students/pipeline call it) reuses the int16 store as it is.
+    store = prepare_store(DataConfig(root=str(real_tau), store=str(out)), tmp_path / "run")
+    assert store.manifest["dtype"] == "int16" and store.fingerprint == printed["fingerprint"]
+    bad = run_cli("pack", str(real_tau), "--out", str(tmp_path / "bad"), "--dtype", "int8")
+    assert bad.returncode == 2 and "invalid choice: 'int8'" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(DatasetError, match="store dtype 'int8' is not one of float32, float16, int16"):
+        pack(real_tau, tmp_path / "bad", PackConfig(dtype="int8"))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_int16_pack_counts_and_warns_clipped_samples(real_tau, tmp_path, caplog):
+    clip = sorted((real_tau / "audio").glob("*.wav"))[0]
+    audio, sr = sf.read(clip, dtype="float32", always_2d=True)
+    loud = audio / np.abs(audio).max() * 3.0  # float wav: samples up to 3x full scale
+    sf.write(clip, loud, sr, subtype="FLOAT")
+    with caplog.at_level("WARNING", logger="asc_dist.audio.store"):
+        store = WaveformStore(pack(real_tau, tmp_path / "s", PackConfig(dtype="int16"))[0])
+    n = store.manifest["clipped_samples"]
+    assert n > 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{n} samples" in warnings[0] and "clipped" in warnings[0]
+    name = clip.relative_to(real_tau).as_posix()
+    (wave,) = [d.waves(np.flatnonzero(d.table.filename == name))[0]
+               for d in (store.split(s, val_fraction=0.0) for s in ("train", "test")) if name in d.table.filename]
+    assert wave.max() == 32767 / 32768 and wave.min() == -1.0  # saturated at both ends of the int16 range

@@ -6,6 +6,12 @@ array per TAU split (`train` = fold1_train, `test` = fold1_evaluate; opened with
 temporary name and renamed into place, so an interrupted pack never leaves a store that looks complete.
 The validation split is carved from `train` at load time (whole locations), so changing its fraction or
 seed needs no re-pack.
+
+Store dtypes (`PackConfig.dtype`, part of the fingerprint and the manifest): float32; float16 and int16 take half
+the bytes. int16 is 16-bit PCM: samples in [-1, 1] scaled by 32768 (the convention soundfile reads PCM_16 with,
+so a 16-bit source at the store's rate is kept exactly), rounded, clipped to the int16 range; every reader decodes
+it to float32 with `x * (1 / 32768)`. The two half-size stores round differently: int16 in fixed steps of
+2^-15 (about -90 dBFS, so quiet clips keep fewer significant bits), float16 relative to each sample (11 bits).
 """
 
 from __future__ import annotations
@@ -32,13 +38,40 @@ from asc_dist.errors import DatasetError
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 TAU_SPLITS = ("train", "test")
+STORE_DTYPES = ("float32", "float16", "int16")
+INT16_FULL_SCALE = 32768  # int16 sample / 32768 = float sample in [-1, 1)
 
 
 @dataclass(frozen=True)
 class PackConfig:
     sample_rate: int = 32000
-    dtype: str = "float32"  # float16 halves the store for full TAU22 (29 GB -> 15 GB at 32 kHz)
+    dtype: str = "float32"  # float16 or int16 halve the store for full TAU22 (29 GB -> 15 GB at 32 kHz)
     chunk: int = 256  # clips decoded and resampled together
+
+    def check(self) -> None:
+        if self.dtype not in STORE_DTYPES:
+            raise DatasetError(f"store dtype {self.dtype!r} is not one of {', '.join(STORE_DTYPES)}; pass --dtype with one of them")
+
+
+def encode_int16(waves: np.ndarray) -> tuple[np.ndarray, int]:
+    """float audio [-1, 1] -> int16 (x 32768, rounded, clipped); returns the array and how many samples lay
+    outside [-1, 1] (clipped; a sample at exactly +1.0 saturates to 32767 / 32768 and is not counted)."""
+    clipped = int(np.count_nonzero(np.abs(waves) > 1.0))
+    scaled = np.multiply(waves, np.float32(INT16_FULL_SCALE), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -INT16_FULL_SCALE, INT16_FULL_SCALE - 1, out=scaled)
+    return scaled.astype(np.int16), clipped
+
+
+def decode_rows(source: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Rows of a store array (any store dtype) into the float32 `out` of the same shape.
+
+    int16: a cast, then an in-place scale by 2^-15 (exact) while the row is still in cache; one mixed-type
+    `np.multiply(int16, float32, out=)` goes through numpy's buffered casting and ran at half the speed."""
+    out[...] = source
+    if source.dtype == np.int16:
+        out *= np.float32(1 / INT16_FULL_SCALE)
+    return out
 
 
 def default_store_dir(root: str | Path, sample_rate: int) -> Path:
@@ -65,11 +98,19 @@ def _read_manifest(store_dir: Path) -> dict | None:
         return None
 
 
+def packed_dtype(store_dir: str | Path) -> str | None:
+    """The dtype of the store at `store_dir`; None where there is no readable store."""
+    manifest = _read_manifest(Path(store_dir))
+    dtype = manifest.get("dtype") if manifest else None
+    return dtype if dtype in STORE_DTYPES else None
+
+
 def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = PackConfig(), force: bool = False) -> tuple[Path, bool]:
     """Pack the dataset at `root`; returns (store folder, whether it was (re)built).
 
     Refuses (DatasetError) a dataset that `check` finds problems in, naming the first problem.
     """
+    cfg.check()
     root = Path(root)
     out = Path(out) if out else default_store_dir(root, cfg.sample_rate)
     report = check_dataset(root)
@@ -115,7 +156,7 @@ def _write_rows(path: Path, dtype: str, shape: tuple[int, int]):
 
 def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_samples: int, fp: str) -> None:
     rows = np.zeros(len(table), dtype=np.int64)
-    start, total, done = time.perf_counter(), len(table), 0
+    start, total, done, clipped = time.perf_counter(), len(table), 0, 0
     with ThreadPoolExecutor(max_workers=4) as pool:
         for split in TAU_SPLITS:
             idx = np.flatnonzero(table.split == split)
@@ -124,10 +165,16 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
                 for lo in range(0, len(idx), cfg.chunk):
                     chunk = idx[lo : lo + cfg.chunk]
                     waves = decode_batch([root / f for f in table.filename[chunk]], cfg.sample_rate, n_samples, pool)
+                    if cfg.dtype == "int16":
+                        waves, n_clipped = encode_int16(waves)
+                        clipped += n_clipped
                     rows_file.write(np.ascontiguousarray(waves, dtype=cfg.dtype).tobytes())
                     done += len(chunk)
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     log.info("pack %s: %d/%d clips, %.0f clips/s, ETA %.0f s", split, done, total, rate, (total - done) / rate)
+    if clipped:
+        log.warning("pack: %d samples (%.4f %% of %d) lay outside [-1, 1] and were clipped to the int16 range; "
+                    "pack with --dtype float32 or float16 to keep them", clipped, 100 * clipped / (total * n_samples), total * n_samples)
     pq.write_table(
         pa.table(
             {
@@ -148,6 +195,7 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
         "sample_rate": cfg.sample_rate,
         "samples": n_samples,
         "dtype": cfg.dtype,
+        **({"int16_full_scale": INT16_FULL_SCALE, "clipped_samples": clipped} if cfg.dtype == "int16" else {}),
         "classes": table.classes,
         "splits": {s: int((table.split == s).sum()) for s in TAU_SPLITS},
         "source": str(root.resolve()),
@@ -158,7 +206,9 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
 
 @dataclass
 class SplitData:
-    """The clips of one split and where their waveforms live (rows of one memory-mapped array)."""
+    """The clips of one split and where their waveforms live (rows of one memory-mapped array).
+
+    `source` holds the store's dtype (int16 stores: PCM, not float); read waveforms with `waves`."""
 
     name: str
     table: ClipTable
@@ -173,11 +223,11 @@ class SplitData:
 
         Row by row into the output (ops/bench_scale.py): a fancy-index gather of the memory map followed by a
         scattering assignment copied every clip twice and ran at 1/9 of a plain gather (17 K vs 153 K
-        clips/s from the page cache); this loop runs at about 120 K."""
+        clips/s from the page cache); this loop runs at about 120 K. An int16 row is decoded to float32 as it is copied (`decode_rows`)."""
         rows = self.rows[index]
         out = np.empty((len(rows), self.source.shape[1]), dtype=np.float32)
         for k in np.argsort(rows, kind="stable"):
-            out[k] = self.source[rows[k]]
+            decode_rows(self.source[rows[k]], out[k])
         return out
 
 
@@ -191,6 +241,9 @@ class WaveformStore:
                 "run `python -m asc_dist.data pack ROOT` first"
             )
         self.manifest = manifest
+        if manifest.get("dtype", "float32") not in STORE_DTYPES:
+            raise DatasetError(f"{self.path} holds {manifest.get('dtype')!r} waveforms; this version reads {', '.join(STORE_DTYPES)}: "
+                               f"re-pack it with `python -m asc_dist.data pack ROOT --out {self.path} --force`")
         index = pq.read_table(self.path / "index.parquet").to_pydict()
         self.index = {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in index.items()} if index["filename"] else {}
         self._arrays = {s: np.load(self.path / f"{s}.npy", mmap_mode="r") for s in TAU_SPLITS}

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("root")
     k.add_argument("--sr", type=int, default=32000, help="target sample rate (default 32000)")
     k.add_argument("--out", default=None, help="store folder (default ROOT/packed/sr<SR>)")
-    k.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    k.add_argument("--dtype", choices=("float32", "float16", "int16"), default="float32",
+                   help="sample type on disk (default float32); float16 and int16 (16-bit PCM) take half the bytes, "
+                        "decoded to float32 on read")  # = audio.store.STORE_DTYPES, not imported here: it loads torch
     k.add_argument("--force", action="store_true", help="re-pack even when the fingerprint matches")
     s = sub.add_parser("synth", help="generate the embedded synthetic TAU-format dataset")
     s.add_argument("--out", required=True, help="folder to create")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         store_dir, built = pack(args.root, args.out, PackConfig(sample_rate=args.sr, dtype=args.dtype), force=args.force)
         store = WaveformStore(store_dir)
-        print(json.dumps({"store": str(store_dir), "packed": built, **{k: store.manifest[k] for k in ("fingerprint", "sample_rate", "samples", "splits")}}))
+        print(json.dumps({"store": str(store_dir), "packed": built, **{k: store.manifest[k] for k in ("fingerprint", "sample_rate", "samples", "dtype", "splits")}}))
         return 0
     if args.command == "synth":
         from asc_dist.data.synth import SynthConfig, generate
