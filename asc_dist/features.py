@@ -62,7 +62,7 @@ class LogMel(nn.Module):
             hop_length=cfg.hop_length,
             window_fn=torch.hann_window,
             wkwargs={"periodic": False},
-            power=2.0,
+            power=None,  # complex: |X|^2 as re^2 + im^2 below is 4x faster than torch's complex abs().pow(2)
             center=True,
         )
         self.register_buffer("eval_banks", self._banks(cfg.fmax), persistent=False)
@@ -104,11 +104,15 @@ class LogMel(nn.Module):
         with torch.autocast(device_type=waves.device.type, enabled=False):  # the whole front end in fp32
             waves = waves.float()
             x = waves[:, 1:] - 0.97 * waves[:, :-1]  # pre-emphasis; as a conv1d it was 60x slower on CPU
-            power = self.spectrogram(x)  # [B, n_fft/2+1, frames]
+            spec = self.spectrogram(x)  # complex [B, n_fft/2+1, frames]
+            power = spec.real.square() + spec.imag.square()
             if self.training and self.cfg.fmax_aug_range > 1:
                 jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
                 banks = self._banks(self.cfg.fmax + jitter).to(power.device)
-                mel = torch.matmul(banks.float(), power.float())
+                if self.band_groups:  # the jittered banks, banded the same way (a dense product is 16x the work)
+                    mel = torch.cat([torch.matmul(piece, power[:, lo:hi]) for lo, hi, piece in self._band_slices(banks, self.band_groups)], dim=1)
+                else:
+                    mel = torch.matmul(banks, power)
             elif self._spans:  # the same product over the non-zero band of each run of filters only
                 mel = torch.cat([torch.matmul(getattr(self, f"_band{i}"), power[:, lo:hi]) for i, (lo, hi) in enumerate(self._spans)], dim=1)
             else:

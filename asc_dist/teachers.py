@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,7 +155,6 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
         clips = sum(store.manifest["splits"].values())
         require_free(run_dir, len(todo) * (2 * clips * len(store.classes) * 4 + CHECKPOINT_ALLOWANCE),
                      f"{len(todo)} teacher(s) (logits, epoch checkpoints, MLflow)", "free space there or pass --out to a disk with room")
-        tracking.experiment_id(cfg.experiment, uri)  # create the store once, before trials race to migrate it
         ctx = TeacherRunContext(
             run_dir=str(run_dir), store=str(store.path.resolve()), val_fraction=cfg.data.val_fraction,
             val_seed=cfg.data.val_seed, fingerprint=store.fingerprint, mlflow_uri=uri, experiment=cfg.experiment,
@@ -162,13 +162,16 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
             fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s, amp=cfg.amp,
         )
-        tracking.close_abandoned(uri, cfg.experiment, run_dir)
         from asc_dist.teacher_trial import teacher_checkpoint
 
         if cfg.force:
             for t in todo:
                 teacher_checkpoint(t, ctx).clear()  # --force retrains from epoch 1
-        results, errors = _tune(todo, ctx, cfg, run_dir)
+        # MLflow's store (created once, before trials race to migrate it; runs a killed driver left RUNNING marked)
+        # is readied in a thread while Ray starts: both are seconds of waiting on every call
+        with ThreadPoolExecutor(1) as pool:
+            store_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
+            results, errors = _tune(todo, ctx, cfg, run_dir, store_ready)
         for t in todo:
             if t.name in results:
                 teacher_checkpoint(t, ctx).clear()  # the logits file is what marks a teacher done
@@ -183,8 +186,14 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
     return rows
 
 
-def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path) -> tuple[dict[str, dict], dict[str, str | None]]:
-    """Run the trials; returns the finished teachers' summaries and each trial's error text (None if none)."""
+def _ready_tracking(uri: str, experiment: str, run_dir: Path) -> None:
+    tracking.experiment_id(experiment, uri)
+    tracking.close_abandoned(uri, experiment, run_dir)
+
+
+def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path, store_ready: Future) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Run the trials once `store_ready` (the MLflow store) is; returns the finished teachers' summaries and each
+    trial's error text (None if none)."""
     from ray import tune
 
     from asc_dist.cluster import check_shared, connect
@@ -218,6 +227,7 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
             verbose=0,
         ),
     )
+    store_ready.result()
     grid = tuner.fit()
     results, errors = {}, {}
     for result in grid:

@@ -104,6 +104,21 @@ def observers_frozen(model: nn.Module):
                 m.enable_observer()
 
 
+VAL_FEATURE_CACHE_BYTES = 512 * 2**20  # validation log-mels kept across epochs up to this size (else recomputed)
+
+
+@torch.no_grad()
+def predict_features(model: nn.Module, features: list[torch.Tensor], device: torch.device, amp: str = "bf16") -> np.ndarray:
+    """Logits [N, C] (float32) of precomputed front-end outputs, batch by batch (eval mode, observers off)."""
+    model.eval()
+    with observers_frozen(model):
+        out = []
+        for spec in features:
+            with autocast(device, amp):
+                out.append(model(spec).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, front_end: nn.Module, data: SplitData, batch_size: int = 128, device: torch.device | str = "cpu",
             amp: str = "bf16") -> np.ndarray:
@@ -166,6 +181,8 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.pace = Pace()  # in-epoch progress lines and the first-batches time estimate
+        self._val_features: list[torch.Tensor] | None = None  # clean val log-mels, computed once (eval front end is fixed)
+        self._val_cacheable = True
 
     def state_dict(self) -> dict:
         return {
@@ -242,13 +259,34 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if self.val_data is None or len(self.val_data) == 0:
             return {}
-        logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device, amp=self.cfg.amp))
+        features = self._cached_val_features()
+        if features is not None:
+            logits = torch.from_numpy(predict_features(self.model, features, self.device, self.cfg.amp))
+        else:
+            logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device, amp=self.cfg.amp))
         labels = torch.from_numpy(self.val_data.table.label)
         correct = (logits.argmax(1) == labels).numpy()
         devices = self.val_data.table.device
         metrics = {"val_loss": float(F.cross_entropy(logits, labels)), "val_acc": float(correct.mean())}
         metrics.update({f"val_acc_device_{d}": float(correct[devices == d].mean()) for d in sorted(set(devices.tolist()))})
         return metrics
+
+    @torch.no_grad()
+    def _cached_val_features(self) -> list[torch.Tensor] | None:
+        """The validation clips' log-mels (clean audio, eval-mode front end: the same every epoch), computed on the
+        first validation and reused; None (recompute each time) if they would exceed VAL_FEATURE_CACHE_BYTES."""
+        if self._val_features is None and self._val_cacheable:
+            self.front_end.eval()
+            features, size = [], 0
+            for batch in BatchLoader(self.val_data, 128, shuffle=False):
+                spec = self.front_end(torch.from_numpy(batch.waves).to(self.device))
+                size += spec.numel() * spec.element_size()
+                if size > VAL_FEATURE_CACHE_BYTES:
+                    self._val_cacheable = False
+                    return None
+                features.append(spec)
+            self._val_features = features
+        return self._val_features
 
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[dict[str, float]]:
         if self.epoch == 0:  # a resumed trainer keeps the RNG state restored by load_state_dict
