@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kill(a.host)
     elif a.cmd == "exec":
         command = a.command[1:] if a.command[:1] == ["--"] else a.command
-        return cluster.exec(a.host, " ".join(_shell_quote(c) for c in command)).returncode
+        # one argument is a shell command line (pipes, &&); several are one command's words, quoted as given
+        line = command[0] if len(command) == 1 else " ".join(_shell_quote(c) for c in command)
+        return cluster.exec(a.host, line).returncode
     return 0
 
 
