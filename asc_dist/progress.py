@@ -27,11 +27,11 @@ class EpochProgress(tune.Callback):
         epoch, epochs = int(result["epoch"]), int(result.get("epochs", result["epoch"]))
         eta = result.get("epoch_s", 0.0) * (epochs - epoch)
         val = f" val_acc {result['val_acc']:.3f}" if "val_acc" in result else ""
-        node = f" @{result['node_ip']}" if result.get("node_ip") else ""
+        node = f" | on {result['node_ip']}" if result.get("node_ip") else ""
         log.info(
-            "[%s]%s epoch %d/%d loss %.3f acc %.3f%s | %.0f clips/s | ETA %.0f s",
-            name, node, epoch, epochs, result.get("train_loss", float("nan")), result.get("train_acc", float("nan")), val,
-            result.get("clips_per_s", 0.0), eta,
+            "[%s] epoch %d/%d loss %.3f acc %.3f%s | %.0f clips/s | ETA %.0f s%s",
+            name, epoch, epochs, result.get("train_loss", float("nan")), result.get("train_acc", float("nan")), val,
+            result.get("clips_per_s", 0.0), eta, node,
         )
 
 

@@ -57,7 +57,11 @@ def test_cluster_yaml_passes_ray_preparation_and_validation():
 
 def test_cluster_yaml_installs_this_checkout_and_starts_ray():
     cfg = prepared(load())
-    for remote, local in cfg["file_mounts"].items():
+    mounts = dict(cfg["file_mounts"])
+    # Ray's token: the same file on every node, from the user's own ~/.ray (token auth is on in the start commands)
+    assert mounts.pop("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert all("RAY_AUTH_MODE=token" in c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c)
+    for remote, local in mounts.items():
         assert remote.startswith("~/asc-dist/")
         assert (REPO / local).exists(), f"file_mounts source {local} is not in the checkout"
     assert {"./asc_dist", "./pyproject.toml"} <= set(cfg["file_mounts"].values())

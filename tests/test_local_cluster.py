@@ -73,7 +73,7 @@ def test_cluster_trains_across_nodes_and_survives_a_lost_worker(cluster):
     victim, deadline = None, time.monotonic() + 120
     while victim is None and time.monotonic() < deadline and driver.poll() is None:
         for line in list(lines):
-            m = re.search(r"\[(\S+)\] @(\S+) epoch 2/", line)
+            m = re.search(r"\[(\S+)\] epoch 2/.* on (\S+)$", line.rstrip())
             if m and m.group(2) in workers:
                 victim = (m.group(1), m.group(2))
         time.sleep(0.2)
