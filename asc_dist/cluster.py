@@ -67,14 +67,19 @@ def check_shared(paths: dict[str, tuple[str, bool]]) -> None:
     """Every alive node must see the folders trials use at the same paths (a shared filesystem): ask each node with a
     zero-CPU task pinned to it, and stop with one clear error instead of a trial's stack trace on a worker."""
     import ray
+    from ray.exceptions import RayError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if len(nodes) < 2:
         return
     probe = ray.remote(num_cpus=0)(_can_see)
-    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
-                       for n in nodes], timeout=120)
+    try:
+        answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
+                           for n in nodes], timeout=120)
+    except (RayError, TimeoutError) as exc:
+        raise ClusterError(f"could not ask every node of the cluster whether it sees this run's files: {str(exc).splitlines()[0][:300]} "
+                           "(is asc-dist installed on every node, and are all nodes alive? `ray status` on the head)") from None
     blind = [(ip, problems) for ip, problems in answers if problems]
     if blind:
         detail = "; ".join(f"node {ip}: {', '.join(problems)}" for ip, problems in blind)

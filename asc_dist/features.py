@@ -108,11 +108,12 @@ class LogMel(nn.Module):
             power = spec.real.square() + spec.imag.square()
             if self.training and self.cfg.fmax_aug_range > 1:
                 jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
-                banks = self._banks(self.cfg.fmax + jitter).to(power.device)
+                banks = self._banks(self.cfg.fmax + jitter)  # on the CPU: cut into bands there, then moved
                 if self.band_groups:  # the jittered banks, banded the same way (a dense product is 16x the work)
-                    mel = torch.cat([torch.matmul(piece, power[:, lo:hi]) for lo, hi, piece in self._band_slices(banks, self.band_groups)], dim=1)
+                    mel = torch.cat([torch.matmul(piece.to(power.device), power[:, lo:hi])
+                                     for lo, hi, piece in self._band_slices(banks, self.band_groups)], dim=1)
                 else:
-                    mel = torch.matmul(banks, power)
+                    mel = torch.matmul(banks.to(power.device), power)
             elif self._spans:  # the same product over the non-zero band of each run of filters only
                 mel = torch.cat([torch.matmul(getattr(self, f"_band{i}"), power[:, lo:hi]) for i, (lo, hi) in enumerate(self._spans)], dim=1)
             else:

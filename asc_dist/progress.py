@@ -61,8 +61,8 @@ class NodeWatch(tune.Callback):
         if tid in self.failed_after:
             before = self.failed_after.pop(tid)
             log.warning("[%s] restarted on %s from its checkpoint: continues at epoch %d (had reported epoch %d before the "
-                        "failure; %d whole epoch(s) redone, plus the part of epoch %d it was in)",
-                        self.name_of[tid], result.get("node_ip", "?"), epoch, before, max(0, before - epoch + 1), before + 1)
+                        "failure; %d whole epoch(s) redone, plus the part of the epoch it was in)",
+                        self.name_of[tid], result.get("node_ip", "?"), epoch, before, max(0, before - epoch + 1))
         self.epoch_of[tid] = epoch
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -90,9 +90,11 @@ class NodeWatch(tune.Callback):
         self.last_check = time.monotonic()
         import ray
 
-        for node in ray.nodes():
-            ip = node.get("NodeManagerAddress")
-            if node.get("Alive") or ip in self.dead:
+        nodes = ray.nodes()
+        alive = {n.get("NodeManagerAddress") for n in nodes if n.get("Alive")}
+        self.dead -= alive  # a replacement machine on a lost node's address is alive again
+        for ip in {n.get("NodeManagerAddress") for n in nodes if not n.get("Alive")} - alive:
+            if ip in self.dead:
                 continue
             self.dead.add(ip)
             if ip in self.ran_on:  # else a node that died before this run (Ray remembers dead nodes)

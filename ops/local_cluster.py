@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,13 +40,20 @@ SHARED = "/shared"
 RAY_PORT, MLFLOW_PORT = 6379, 5000
 
 
+class ClusterCommandError(Exception):
+    """A problem with the local cluster the user can fix (wrong prefix, a host that is not running, ...)."""
+
+
 class Cluster:
     """The hosts of one local cluster and their state file (STATE/cluster.json)."""
 
     def __init__(self, state: Path, prefix: str = "ascd", cluster_yaml: Path = REPO / "cluster.yaml"):
-        self.state, self.prefix, self.cluster_yaml = state.resolve(), prefix, cluster_yaml
+        self.state, self.cluster_yaml = state.resolve(), cluster_yaml
         self.file = self.state / "cluster.json"
         saved = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        if saved and saved.get("prefix") != prefix:
+            raise ClusterCommandError(f"{self.file} belongs to the cluster with --prefix {saved.get('prefix')}; pass that prefix")
+        self.prefix = prefix
         self.hosts = {d["name"]: Host.from_dict(d) for d in saved.get("hosts", [])}
         self.made_shared_dir = bool(saved.get("made_shared_dir", False))
 
@@ -68,7 +76,7 @@ class Cluster:
 
     def host(self, name: str) -> Host:
         if name not in self.hosts:
-            raise SystemExit(f"error: no host {name!r} in {self.file} (hosts: {', '.join(self.hosts) or 'none: run up'})")
+            raise ClusterCommandError(f"no host {name!r} in {self.file} (hosts: {', '.join(self.hosts) or 'none: run up'})")
         return self.hosts[name]
 
     def _new_host(self, name: str, last_octet: int) -> Host:
@@ -98,13 +106,13 @@ class Cluster:
             result = run_on(host, command, self.host_env(host), check=False, timeout=180)
             (host.root / "commands.log").open("a").write(f"$ {command}\n{result.stdout}{result.stderr}\n")
             if result.returncode != 0:
-                raise SystemExit(f"error: on {host.name}, cluster.yaml {key} failed ({result.returncode}): {command}\n{result.stderr[-1500:]}")
+                raise ClusterCommandError(f"on {host.name}, cluster.yaml {key} failed ({result.returncode}): {command}\n{result.stderr[-1500:]}")
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def up(self, workers: int = 2) -> None:
         why = namespaces_permitted()
         if why:
-            raise SystemExit(f"error: cannot make a local cluster here: {why}")
+            raise ClusterCommandError(f"cannot make a local cluster here: {why}")
         self.state.mkdir(parents=True, exist_ok=True)
         shared_src = self.state / "shared"
         for sub in ("data", "runs", "mlflow"):  # what head_setup_commands' mkdir makes (NFS is replaced by a bind mount)
@@ -112,6 +120,7 @@ class Cluster:
         if not Path(SHARED).exists():
             Path(SHARED).mkdir()  # an empty mount point on this machine; the namespaces mount the shared folder on it
             self.made_shared_dir = True
+            self.save()
         make_lan(self.lan)
         names = [("head", 2), *[(f"w{i}", 2 + i) for i in range(1, workers + 1)], ("client", 100)]
         for name, octet in names:
@@ -174,16 +183,17 @@ class Cluster:
             if run_on(self.head, check, self.host_env(self.head), check=False).returncode == 0:
                 return
             time.sleep(1)
-        raise SystemExit(f"error: the head's MLflow server did not answer at {self.mlflow_uri} within {timeout_s:.0f} s; "
+        raise ClusterCommandError(f"the head's MLflow server did not answer at {self.mlflow_uri} within {timeout_s:.0f} s; "
                          f"see {self.state / 'shared' / 'mlflow' / 'console.log'}")
 
     def alive_nodes(self) -> int:
         """Alive Ray nodes, asked on the head (a Ray driver needs a Ray node of its own: drivers run on the head, as
         `ray exec cluster.yaml` / `ray job submit` run them)."""
         code = ("import ray, logging; ray.init(address='%s', logging_level=logging.ERROR, log_to_driver=False);"
-                "print(sum(n['Alive'] for n in ray.nodes()))") % self.head_address
+                "print('=>', sum(n['Alive'] for n in ray.nodes()))") % self.head_address
         result = self.exec("head", f"python -c \"{code}\"", capture=True, check=False)
-        return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 and result.stdout.strip() else 0
+        found = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("=> ")]  # not Ray's own lines
+        return int(found[-1]) if result.returncode == 0 and found else 0
 
     def wait_nodes(self, n: int, timeout_s: float = 60) -> int:
         deadline = time.monotonic() + timeout_s
@@ -212,20 +222,29 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         if name in ("head", "client"):
-            raise SystemExit("error: only a worker can be killed (w1, w2, ...)")
+            raise ClusterCommandError("only a worker can be killed (w1, w2, ...)")
         kill_host(self.host(name))
         print(f"killed host {name} ({self.host(name).ip}): every process in its namespaces is gone", file=sys.stderr)
+
+    def ours(self, netns: str) -> bool:
+        """One of the namespaces this prefix makes: PREFIX-lan, -head, -client, -w<N> (nothing of a longer prefix)."""
+        return re.fullmatch(rf"{re.escape(self.prefix)}-(lan|head|client|w\d+)", netns) is not None
 
     def down(self) -> None:
         for host in self.hosts.values():
             kill_host(host)
-        for netns in list_netns():  # also what a crashed `up` left behind, found by its prefix
-            if netns.startswith(f"{self.prefix}-"):
+        for netns in list_netns():  # also what a crashed `up` left behind, found by its exact names
+            if self.ours(netns):
                 remove_netns(netns)
-        others = [n for n in list_netns() if n.endswith("-lan")]  # another local cluster still mounts /shared
+        others = [n for n in list_netns() if n.endswith("-lan") and not self.ours(n)]  # another cluster still mounts /shared
         if self.made_shared_dir and not others and Path(SHARED).is_dir() and not any(Path(SHARED).iterdir()):
             Path(SHARED).rmdir()
-        shutil.rmtree(self.state, ignore_errors=True)
+        for made in ("hosts", "shared", "local"):  # only what `up` makes: a mistyped --state loses nothing else
+            shutil.rmtree(self.state / made, ignore_errors=True)
+        for made in ("auth_token", "cluster.json", "cluster.tmp"):
+            (self.state / made).unlink(missing_ok=True)
+        if self.state.is_dir() and not any(self.state.iterdir()):
+            self.state.rmdir()
 
     def status(self) -> dict:
         hosts = {n: {"ip": h.ip, "alive": h.alive()} for n, h in self.hosts.items()}
@@ -247,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("host")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
+    try:
+        return _run(a)
+    except (ClusterCommandError, RuntimeError, subprocess.SubprocessError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
     cluster = Cluster(Path(a.state), a.prefix)
     if a.cmd == "up":
         cluster.up(a.workers)

@@ -34,7 +34,9 @@ class Host:
         return self.root / "home"
 
     def alive(self) -> bool:
-        return self.init_pid > 0 and Path(f"/proc/{self.init_pid}").exists() and _is_init(self.init_pid)
+        """Its init runs: PID 1 of its own PID namespace *and* inside this host's netns (a saved PID that was reused,
+        e.g. after a reboot, by another container's init is not ours)."""
+        return self.init_pid > 0 and _is_init(self.init_pid) and _in_netns(self.init_pid, self.netns)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "netns": self.netns, "ip": self.ip, "root": str(self.root), "init_pid": self.init_pid}
@@ -128,7 +130,7 @@ def boot(host: Host, hosts_file: str, binds: dict[str, str], keep: list[str]) ->
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         children = _children(proc.pid)
-        if children and _is_init(children[0]):
+        if children and _is_init(children[0]) and _runs(children[0], sys.executable):  # mounts done, init exec'd
             host.init_pid = children[0]
             return host.init_pid
         if proc.poll() is not None:
@@ -194,6 +196,20 @@ def _is_init(pid: int) -> bool:
     except OSError:
         return False
     return False
+
+
+def _in_netns(pid: int, netns: str) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return False
+
+
+def _runs(pid: int, executable: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.path.realpath(executable)
+    except OSError:
+        return False
 
 
 def _quote(text: str) -> str:
