@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -286,15 +287,9 @@ def _run(a: argparse.Namespace) -> int:
     elif a.cmd == "exec":
         command = a.command[1:] if a.command[:1] == ["--"] else a.command
         # one argument is a shell command line (pipes, &&); several are one command's words, quoted as given
-        line = command[0] if len(command) == 1 else " ".join(_shell_quote(c) for c in command)
+        line = command[0] if len(command) == 1 else shlex.join(command)
         return cluster.exec(a.host, line).returncode
     return 0
-
-
-def _shell_quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 if __name__ == "__main__":
