@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 # Library use (Ray workers, tests, notebooks) pays nothing here, and `python -m asc_dist --version` reports a
 # broken set instead of refusing to run.
 if _sys.argv[:1] == ["-m"] and "asc_dist" not in getattr(_sys, "orig_argv", [])[1:3]:
-    from asc_dist.stack import exit_unless_matched as _exit_unless_matched
+    from asc_dist.infra.stack import exit_unless_matched as _exit_unless_matched
 
     _exit_unless_matched()

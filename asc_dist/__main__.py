@@ -1,25 +1,47 @@
-"""`python -m asc_dist --version`: versions for a bug report; with no option, the steps and their CLIs."""
+"""`python -m asc_dist`: every step with its command line; `--version`: the versions a bug report needs."""
 
 from __future__ import annotations
 
 import argparse
+import platform
 
-from asc_dist.stack import version_report
+from asc_dist import __version__
+from asc_dist.infra.stack import installed_versions, problem
 
-STEPS = ("data", "teachers", "fusion", "students", "tune", "complexity", "pipeline")
+STEPS = {  # python -m asc_dist.<step>, in the order a run uses them
+    "data": "check, pack or synthesise a TAU-layout dataset",
+    "teachers": "train N teachers in parallel with Ray and write their logits to Parquet",
+    "fusion": "fit one weight per teacher and one bias per class on held-out logits",
+    "students": "train one student with knowledge distillation (QAT and int8 optional)",
+    "tune": "sweep student presets and KD lambdas with Ray Tune; register each preset's best",
+    "study": "the paper's Tables IV, V and II with seeds and spreads",
+    "pipeline": "everything above on one run folder, then RUN/report.md",
+    "predict": "classify audio files with a shipped student (DCASE submission CSV)",
+    "export": "ONNX files or a DCASE 2025 Task 1 inference package from a trained student",
+    "complexity": "params, MACs and sizes of a zoo model by the DCASE rule",
+}
+
+
+def version_report() -> str:
+    names = ("torch", "torchaudio", "torchvision", "ray", "mlflow", "timm", "numpy", "pyarrow")
+    lines = [f"asc-dist {__version__}"]
+    lines += [f"{n} {v or 'not installed'}" for n, v in installed_versions(names).items()]
+    lines.append(f"python {platform.python_version()} ({platform.system()} {platform.machine()})")
+    lines.append(f"stack: {problem() or 'torch, torchaudio and torchvision form the pinned set'}")
+    return "\n".join(lines)
+
+
+def steps_help() -> str:
+    width = max(map(len, STEPS))
+    return "steps (python -m asc_dist.<step> --help for each):\n" + "\n".join(f"  {s:<{width}}  {what}" for s, what in STEPS.items())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m asc_dist",
-        description="Steps, one CLI each: " + ", ".join(f"python -m asc_dist.{s}" for s in STEPS),
-    )
+    parser = argparse.ArgumentParser(prog="python -m asc_dist", description=__doc__, epilog=steps_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="asc-dist, torch, torchaudio, ray, mlflow versions")
     args = parser.parse_args(argv)
-    if args.version:
-        print(version_report())
-    else:
-        parser.print_help()
+    print(version_report() if args.version else parser.format_help())
     return 0
 
 

@@ -46,9 +46,10 @@ def main() -> None:
     import ray
     import torch
 
-    from asc_dist.augment import clip_energy
-    from asc_dist.distill import StudentConfig, train_student
-    from asc_dist.prepare import DataConfig, prepare_store
+    from asc_dist.data.prepare import DataConfig, prepare_store
+    from asc_dist.distill.config import StudentConfig
+    from asc_dist.distill.student import train_student
+    from asc_dist.training.augment import clip_energy
 
     data = DataConfig(root=args.data, dirs=args.dirs)
     store = prepare_store(data, args.run)

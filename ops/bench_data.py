@@ -28,10 +28,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from asc_dist.audio.decode import fit_length
-from asc_dist.audio.store import PackConfig, SplitData, WaveformStore, pack
-from asc_dist.batches import BatchLoader
+from asc_dist.data.decode import fit_length
+from asc_dist.data.store import PackConfig, SplitData, WaveformStore, pack
 from asc_dist.data.synth import SynthConfig, generate
+from asc_dist.training.batches import BatchLoader
 
 log = logging.getLogger("bench_data")
 

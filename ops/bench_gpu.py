@@ -4,8 +4,8 @@ stdout (progress on stderr). Each timed run is bounded (steps, seconds) so the w
 one GPU; `--quick` is a smoke run (tiny models, two teachers).
 
 (a) `passt`: full-size PaSST-S (85 M parameters, random initialisation, nothing downloaded) trained on 10-s
-clips at 32 kHz (each recording's context window, `asc_dist.context`: 128 x 1000 log-mels, PaSST's real
-input), set up the way a teacher trial does it (`asc_dist.teacher_trial.make_trainer`: the roster's PaSST
+clips at 32 kHz (each recording's context window, `asc_dist.training.context`: 128 x 1000 log-mels, PaSST's real
+input), set up the way a teacher trial does it (`asc_dist.teach.trial.teacher_trainer`: the roster's PaSST
 recipe with its augmentations and structured patchout). `--steps` optimisation steps (and at least
 `--min-seconds`) after `--warmup` untimed ones through `Trainer.step`, bf16 autocast then fp32
 (`OptimConfig.amp`), on the same model. Batches are read from the store once and cycled, so the time is the
@@ -14,11 +14,11 @@ rate (ops/bench_scale.py measures that). The loss is read every step, as `train_
 (b) Utilisation: `nvidia-smi` samples utilisation and memory every 0.5 s during each timed run (mean and max
 per run). The physical ceiling is 100 % utilisation (a kernel running all the time); well below it, the step
 waits on the host (Python, kernel launches, data).
-(c) `teachers`: four CP-ResNet teachers through the project's own `asc_dist.teachers.run_teachers`, once with
+(c) `teachers`: four CP-ResNet teachers through the project's own `asc_dist.teach.driver.run_teachers`, once with
 `gpus_per_teacher=0.25` (all four on the GPU at once) and once with a whole GPU each (Ray then runs them one
 after the other); same roster, seeds and CPUs per teacher. Each call's wall time includes Tune start, trial
 start, training, scoring every clip, logits and MLflow (the helpers of ops/bench_teachers.py).
-(d) `student`: DS-FlexiNet (`--student`, default sm2) through `asc_dist.distill.make_trainer` (KD loss against
+(d) `student`: DS-FlexiNet (`--student`, default sm2) through `asc_dist.distill.recipe.student_trainer` (KD loss against
 fused targets written for the synthetic store, the student recipe's augmentations, the front end on the GPU),
 bf16 then fp32 as in (a).
 
@@ -47,16 +47,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from asc_dist.audio.store import WaveformStore
-from asc_dist.batches import Batch
-from asc_dist.cli import run_main
-from asc_dist.context import context_parts
-from asc_dist.errors import ConfigError
-from asc_dist.prepare import DataConfig, prepare_store, synthetic_root
-from asc_dist.train import Trainer
 from bench_students import write_fake_targets
 from bench_teachers import timed_run, trial_summary, write_roster
+
+from asc_dist.cli import run_main
+from asc_dist.data.prepare import DataConfig, prepare_store, synthetic_root
+from asc_dist.data.store import WaveformStore
+from asc_dist.errors import ConfigError
+from asc_dist.training.batches import Batch
+from asc_dist.training.context import context_parts
+from asc_dist.training.trainer import Trainer
 
 log = logging.getLogger("bench_gpu")
 PARTS = ("passt", "teachers", "student")
@@ -196,8 +196,8 @@ def bf16_vs_fp32(trainer: Trainer, batches: list[Batch], a: argparse.Namespace, 
 
 
 def passt_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace, gpu: str | None) -> dict:
-    from asc_dist.roster import load_roster
-    from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+    from asc_dist.teach.roster import load_roster
+    from asc_dist.teach.trial import TeacherRunContext, teacher_trainer
 
     recipe = next(t for t in load_roster(None) if t.family == "passt")  # the built-in roster's PaSST recipe
     t = replace(recipe, name="bench-passt", size=a.passt_size, context_s=10, batch_size=a.passt_batch, epochs=1)
@@ -205,7 +205,7 @@ def passt_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Na
                             fingerprint=store.fingerprint, mlflow_uri="", experiment="bench", dirs=None,
                             device=a.device, threads=torch.get_num_threads())
     start = time.perf_counter()
-    trainer = make_trainer(t, ctx, store)
+    trainer = teacher_trainer(t, ctx, store)
     build_s = time.perf_counter() - start
     batches = host_batches(trainer.train_data, t.batch_size, a.host_batches)
     k = context_parts(t.context_s, int(store.manifest["samples"]), store.sample_rate)
@@ -221,7 +221,8 @@ def passt_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Na
 
 
 def student_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace, gpu: str | None) -> dict:
-    from asc_dist.distill import StudentConfig, build_student_model, make_trainer
+    from asc_dist.distill.config import StudentConfig, build_student_model
+    from asc_dist.distill.recipe import student_trainer
 
     write_fake_targets(tmp, store)
     cfg = StudentConfig(run_dir=str(tmp), data=data, preset=a.student, targets="fused", epochs=1, batch_size=a.student_batch,
@@ -229,7 +230,7 @@ def student_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.
     cfg.validate()
     torch.manual_seed(0)
     model = build_student_model(cfg, len(store.classes))
-    trainer = make_trainer(cfg, store, model, epochs=1, lr=cfg.lr)
+    trainer = student_trainer(cfg, store, model, epochs=1, lr=cfg.lr)
     batches = host_batches(trainer.train_data, cfg.batch_size, a.host_batches)
     return {"model": f"dsflexinet:{cfg.preset}", "params": sum(p.numel() for p in model.parameters()), "batch_size": cfg.batch_size,
             "front_end": "on the training device", **bf16_vs_fp32(trainer, batches, a, gpu)}
@@ -238,8 +239,8 @@ def student_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.
 def teachers_part(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace, gpu: str | None) -> dict:
     import ray
 
-    from asc_dist.cluster import connect
-    from asc_dist.teachers import TeachersConfig
+    from asc_dist.infra.cluster import connect
+    from asc_dist.teach.driver import TeachersConfig
 
     cpus = os.cpu_count() or 1
     start = time.perf_counter()

@@ -12,7 +12,7 @@ store's fingerprint), runs each step in a fresh process and reports:
   evicted it: `page_cache` says how much of it was resident; the sequential figure is then memory bandwidth);
 - score (first dtype only): every clip through one small teacher (CP-ResNet tiny, eval mode, batches of 256);
 - train: is a store slower to train from? A fixed number of training steps of a tiny CP-ResNet teacher
-  (`asc_dist.train.Trainer`, one torch thread, its prefetching BatchLoader, the same random clips and initial
+  (`asc_dist.training.trainer.Trainer`, one torch thread, its prefetching BatchLoader, the same random clips and initial
   weights) from each dtype's store of the same clips, side by side in one process, interleaved over repeats:
   clips/s and the share of the step spent waiting for data.
 Then a linear fit over the sizes extrapolates time and bytes to 230,350 clips, and peak RSS per step is shown
@@ -82,7 +82,7 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
 
 
 def step_pack(root: Path, store: Path, dtype: str) -> dict:
-    from asc_dist.audio.store import PackConfig, pack
+    from asc_dist.data.store import PackConfig, pack
 
     start = time.perf_counter()
     pack(root, store, PackConfig(sample_rate=SR, dtype=dtype))
@@ -110,7 +110,7 @@ def _resident_share(path: Path) -> float | None:
 
 
 def step_read(store_path: Path, batches: int, batch_size: int) -> dict:
-    from asc_dist.audio.store import WaveformStore
+    from asc_dist.data.store import WaveformStore
 
     store = WaveformStore(store_path)
     train = store.split("train")
@@ -150,10 +150,10 @@ def step_read(store_path: Path, batches: int, batch_size: int) -> dict:
 def step_score(store_path: Path) -> dict:
     import torch
 
-    from asc_dist.audio.store import WaveformStore
-    from asc_dist.evaluation import score_splits
-    from asc_dist.features import FRONT_ENDS, LogMel
-    from teachers.registry import build_teacher
+    from asc_dist.data.store import WaveformStore
+    from asc_dist.nets.features import FRONT_ENDS, LogMel
+    from asc_dist.training.evaluation import score_splits
+    from teachers.families import build_teacher
 
     torch.set_num_threads(1)
     store = WaveformStore(store_path)
@@ -173,10 +173,10 @@ def step_train(store_paths: list[Path], steps: int, batch_size: int, repeats: in
 
     import torch
 
-    from asc_dist.audio.store import WaveformStore
-    from asc_dist.features import FRONT_ENDS, LogMel
-    from asc_dist.train import OptimConfig, Trainer
-    from teachers.registry import build_teacher
+    from asc_dist.data.store import WaveformStore
+    from asc_dist.nets.features import FRONT_ENDS, LogMel
+    from asc_dist.training.trainer import OptimConfig, Trainer
+    from teachers.families import build_teacher
 
     torch.set_num_threads(1)
     data = {}

@@ -2,11 +2,11 @@
 int8 size; prints one JSON object on stdout with one entry per preset (progress on stderr).
 
 Per preset, through the project's own code:
-- training: `asc_dist.distill.make_trainer` (the student recipe's augmentations and the KD loss against
+- training: `asc_dist.distill.recipe.student_trainer` (the student recipe's augmentations and the KD loss against
   fused targets written for the synthetic store) for one epoch after a one-batch warm-up: `clips_per_s` and
   `data_wait_share` (share of the epoch the step waited for the next batch; goal <= 5 %). The log-mel front end
   alone is timed once (`front_end_clips_per_s`), so its share of a student's step is visible.
-- latency: `asc_dist.quantize.latency_per_clip_ms` on one real 1x1x256x64 log-mel, batch 1, one thread, of the
+- latency: `asc_dist.nets.quantize.latency_per_clip_ms` on one real 1x1x256x64 log-mel, batch 1, one thread, of the
   fp32 model in eval mode and of its int8 conversion (`prepare_qat`, forward passes in train mode on real
   log-mels for the observers, `convert_int8`). fp32 and int8 are timed in alternating rounds; the ratio is the
   median of the per-round ratios (goal <= 0.5). The same is measured in thread CPU time, which a shared machine
@@ -46,14 +46,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from asc_dist.audio.store import WaveformStore
-from asc_dist.batches import BatchLoader
-from asc_dist.complexity import measure
-from asc_dist.distill import StudentConfig, build_student_model, make_trainer
-from asc_dist.features import STUDENT_MEL, LogMel
-from asc_dist.logits import write_targets
-from asc_dist.prepare import DataConfig, prepare_store
-from asc_dist.quantize import convert_int8, export_torchscript, int8_size_bytes, latency_per_clip_ms, prepare_qat
+from asc_dist.data.prepare import DataConfig, prepare_store
+from asc_dist.data.store import WaveformStore
+from asc_dist.distill.config import StudentConfig, build_student_model
+from asc_dist.distill.recipe import student_trainer
+from asc_dist.nets.complexity import measure
+from asc_dist.nets.features import STUDENT_MEL, LogMel
+from asc_dist.nets.quantize import convert_int8, export_torchscript, int8_size_bytes, latency_per_clip_ms, prepare_qat
+from asc_dist.run.logits import write_targets
+from asc_dist.training.batches import BatchLoader
 
 log = logging.getLogger("bench_students")
 DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
@@ -204,7 +205,7 @@ def rn_cost(fp32: nn.Module, shipped: nn.Module, preset: str, n_classes: int, ca
     (dequantise, instance norm, requantise), the all-int8 form (statistics from the int8 values, one int8
     per-channel affine kernel) and BN at the stage entries (folds into an int8 kernel: the floor)."""
     from students.dsflexinet import QuantizedResidualNorm, ResidualNorm
-    from students.registry import build_student
+    from students.presets import build_student
 
     torch.manual_seed(0)
     x = calib[:1]
@@ -263,8 +264,8 @@ class OrtRunner:
 def onnx_variants(fp32: nn.Module, clips: np.ndarray, out: Path) -> dict:
     """The same fp32 student (front end included) through onnxruntime, and onnxruntime's own static int8."""
     try:
-        from asc_dist.export import quantize_onnx, write_onnx
-        from asc_dist.qat import WaveToLogits
+        from asc_dist.ship.export import quantize_onnx, write_onnx
+        from asc_dist.ship.format import WaveToLogits
 
         path = out / "student.onnx"
         write_onnx(WaveToLogits(LogMel(STUDENT_MEL), fp32), clips, {}, path)
@@ -278,7 +279,7 @@ def shipped_cost(fp32: nn.Module, int8: nn.Module, wave: torch.Tensor, clips: np
     """What a device pays per 1-s clip for the shipped file (waveform in, logits out), fp32 against int8, with
     the front end's share; onnxruntime fp32 and its own static int8 (calibrated on training clips) in the same
     alternating rounds."""
-    from asc_dist.qat import WaveToLogits
+    from asc_dist.ship.format import WaveToLogits
 
     front = LogMel(STUDENT_MEL).eval()
     variants = {"fp32": traced(WaveToLogits(front, fp32), wave), "int8": traced(WaveToLogits(front, int8), wave), "front": traced(front, wave),
@@ -302,7 +303,7 @@ def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfi
     torch.manual_seed(0)
     model = build_student_model(cfg, len(store.classes))
     cx = measure(model)
-    trainer = make_trainer(cfg, store, model, epochs=1, lr=cfg.lr)
+    trainer = student_trainer(cfg, store, model, epochs=1, lr=cfg.lr)
     # The first `train_clips` of the split: positions stay those of the full split, which the KD loss indexes by.
     train = trainer.train_data
     n = min(a.train_clips, len(train))

@@ -11,7 +11,7 @@ MLflow. The overhead reported is call wall time minus the longest trial's own wa
 start and the driver add), and per trial the time outside training epochs (store opening, scoring, logits,
 MLflow). Goal: speedup >= 1.8 on two cores.
 
-(b) Throughput. Each family and size trains for one short epoch with `asc_dist.train.Trainer` directly (no Ray,
+(b) Throughput. Each family and size trains for one short epoch with `asc_dist.training.trainer.Trainer` directly (no Ray,
 no augmentation, one torch thread unless `--threads`), after a one-batch warm-up: clips/s and the share of the
 step spent waiting for data. PaSST's full size (86 M parameters, AudioSet weights) is a GPU model and is left
 out; its tiny size is measured.
@@ -43,12 +43,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from asc_dist.audio.store import SplitData, WaveformStore  # noqa: E402
-from asc_dist.features import FRONT_ENDS, LogMel  # noqa: E402
-from asc_dist.prepare import DataConfig, prepare_store  # noqa: E402
-from asc_dist.teachers import TeachersConfig, run_teachers  # noqa: E402
-from asc_dist.train import OptimConfig, Trainer  # noqa: E402
-from teachers.registry import build_teacher  # noqa: E402
+from asc_dist.data.prepare import DataConfig, prepare_store  # noqa: E402
+from asc_dist.data.store import SplitData, WaveformStore  # noqa: E402
+from asc_dist.nets.features import FRONT_ENDS, LogMel  # noqa: E402
+from asc_dist.teach.driver import TeachersConfig, run_teachers  # noqa: E402
+from asc_dist.training.trainer import OptimConfig, Trainer  # noqa: E402
+from teachers.families import build_teacher  # noqa: E402
 
 log = logging.getLogger("bench_teachers")
 
@@ -100,7 +100,7 @@ def trial_summary(row: dict, train_clips: int) -> dict:
 def concurrency(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace) -> dict:
     import ray
 
-    from asc_dist.cluster import connect
+    from asc_dist.infra.cluster import connect
 
     start = time.perf_counter()
     connect(None, num_cpus=2, num_gpus=1 if a.device == "cuda" else 0)

@@ -3,11 +3,11 @@
 Trains, per seed, on one packed store (the synthetic default unless --data is given):
   cnn-tiny-1s      a tiny CNN teacher on 1-s clips
   cpresnet-1s      a default-size CP-ResNet teacher on 1-s clips
-  cpresnet-10s     the same with 10 s of context (asc_dist.context: its whole recording)
+  cpresnet-10s     the same with 10 s of context (asc_dist.training.context: its whole recording)
   sm2-nokd         the DS-FlexiNet sm2 student, label loss only, the paper's augmentation recipe
 and reports test accuracy (overall, unseen devices) and final clean train accuracy, mean and std over seeds.
 The issue's target: the best context teacher >= 15 points above the no-KD sm2 student on test. The same
-training code as the real steps (teacher_trial.make_trainer, distill.make_trainer), without Ray or MLflow;
+training code as the real steps (teach.trial.teacher_trainer, distill.recipe.student_trainer), without Ray or MLflow;
 two runs at a time, one thread each.
 
     python ops/calibrate_synth.py --seeds 0,1,2 --out runs/calibration.json
@@ -43,26 +43,27 @@ def _one(job: tuple[str, int, str, str, int, int]) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
-    from asc_dist.audio.store import WaveformStore
-    from asc_dist.evaluation import score_splits, split_reports
-    from asc_dist.context import context_parts
+    from asc_dist.data.store import WaveformStore
+    from asc_dist.training.context import context_parts
+    from asc_dist.training.evaluation import score_splits, split_reports
 
     torch.set_num_threads(1)
     store = WaveformStore(store_path)
     spec = RUNS[name]
     start = time.perf_counter()
     if "student" in spec:
-        from asc_dist.distill import StudentConfig, build_student_model, make_trainer
-        from asc_dist.prepare import DataConfig
+        from asc_dist.data.prepare import DataConfig
+        from asc_dist.distill.config import StudentConfig, build_student_model
+        from asc_dist.distill.recipe import student_trainer
 
         cfg = StudentConfig(run_dir=tempfile.mkdtemp(), data=DataConfig(store=store_path), preset=spec["student"],
                             targets="none", epochs=student_epochs, seed=seed, device="cpu")  # fmt: skip
         torch.manual_seed(seed)
-        trainer = make_trainer(cfg, store, build_student_model(cfg, len(store.classes)), cfg.epochs, cfg.lr)
+        trainer = student_trainer(cfg, store, build_student_model(cfg, len(store.classes)), cfg.epochs, cfg.lr)
         k = 1
     else:
-        from asc_dist.roster import TeacherConfig
-        from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+        from asc_dist.teach.roster import TeacherConfig
+        from asc_dist.teach.trial import TeacherRunContext, teacher_trainer
 
         # a context teacher sees one window per recording per epoch: smaller batches for as many steps, and
         # a circular roll over its whole window (a scene's statistics do not depend on where it starts)
@@ -72,7 +73,7 @@ def _one(job: tuple[str, int, str, str, int, int]) -> dict:
                           fms_p=0.4, context_s=spec["context_s"])  # fmt: skip
         ctx = TeacherRunContext(run_dir=tempfile.mkdtemp(), store=store_path, val_fraction=0.15, val_seed=0,
                                 fingerprint=store.fingerprint, mlflow_uri="", experiment="", dirs=dirs)  # fmt: skip
-        trainer = make_trainer(t, ctx, store)
+        trainer = teacher_trainer(t, ctx, store)
         k = context_parts(t.context_s, int(store.manifest["samples"]), store.sample_rate)
     trainer.fit()
     logits, rows = score_splits(trainer.model, trainer.front_end, store, ("train", "val", "test"), 0.15, 0, trainer.device, k)
@@ -97,7 +98,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    from asc_dist.audio.store import pack
+    from asc_dist.data.store import pack
     from asc_dist.data.synth import SynthConfig, generate
 
     work = Path(tempfile.mkdtemp(prefix="calibrate-"))

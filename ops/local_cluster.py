@@ -3,7 +3,7 @@
     python ops/local_cluster.py up [--workers 2]      # LAN, head + workers + a client host; idempotent: restarts dead hosts
     python ops/local_cluster.py status
     python ops/local_cluster.py exec head -- python -m asc_dist.teachers --n 4 --address 10.213.0.2:6379 \\
-        --data /shared/data/tau --out /shared/runs/r1 --mlflow-uri http://10.213.0.2:5000
+        --data /shared/data/tau --run /shared/runs/r1 --mlflow-uri http://10.213.0.2:5000
     python ops/local_cluster.py kill w1               # lose a worker: every process on it dies at once
     python ops/local_cluster.py down                  # every namespace, interface, mount and process it made; safe twice
 

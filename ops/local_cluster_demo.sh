@@ -10,14 +10,14 @@ H=10.213.0.2
 $LC down
 $LC up > ${LOGS}/cd_up.json 2> ${LOGS}/cd_up.err
 $LC exec head -- "python -m asc_dist.data synth --out /shared/data/tau --clips-per-device 120 > /dev/null 2>&1 && python -m asc_dist.data pack /shared/data/tau > /dev/null 2>&1"
-$LC exec head -- python -m asc_dist.teachers --n 4 --size tiny --epochs 6 --address $H:6379 --data /shared/data/tau --out /shared/runs/demo --mlflow-uri http://$H:5000 > ${LOGS}/cd_teachers.log 2>&1 &
+$LC exec head -- python -m asc_dist.teachers --n 4 --size tiny --epochs 6 --address $H:6379 --data /shared/data/tau --run /shared/runs/demo --mlflow-uri http://$H:5000 > ${LOGS}/cd_teachers.log 2>&1 &
 drv=$!
 for i in $(seq 1 200); do sleep 0.5; if grep -q "epoch 2/.* on 10.213.0.3" ${LOGS}/cd_teachers.log; then echo "kill at $(date +%T)"; $LC kill w1; break; fi; done
 wait $drv; echo "teachers rc=$?"
 $LC exec head -- python -m asc_dist.fusion --run /shared/runs/demo --mlflow-uri http://$H:5000 > ${LOGS}/cd_fusion.log 2>&1; echo "fusion rc=$?"
 $LC exec head -- python -m asc_dist.tune --run /shared/runs/demo --data /shared/data/tau --presets sm1 --kd-lambda 0.02,0.5 --epochs 3 --qat-epochs 1 --address $H:6379 --mlflow-uri http://$H:5000 > ${LOGS}/cd_tune.log 2>&1; echo "tune rc=$?"
 $LC up > ${LOGS}/cd_up2.json 2>&1; grep alive_nodes ${LOGS}/cd_up2.json
-$LC exec head -- python -m asc_dist.teachers --n 6 --size tiny --epochs 6 --cpus-per-teacher 2 --address $H:6379 --data /shared/data/tau --out /shared/runs/demo --mlflow-uri http://$H:5000 > ${LOGS}/cd_teachers2.log 2>&1; echo "teachers2 rc=$?"
+$LC exec head -- python -m asc_dist.teachers --n 6 --size tiny --epochs 6 --cpus-per-teacher 2 --address $H:6379 --data /shared/data/tau --run /shared/runs/demo --mlflow-uri http://$H:5000 > ${LOGS}/cd_teachers2.log 2>&1; echo "teachers2 rc=$?"
 python3 - <<'PY'
 import json
 d = json.load(open("/var/tmp/asc-dist-cluster/shared/runs/demo/teachers.json"))["teachers"]

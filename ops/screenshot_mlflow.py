@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from asc_dist.atomic import atomic_path
 from asc_dist.cli import run_main
 from asc_dist.errors import TrackingError
+from asc_dist.run.atomic import atomic_path
 
 # Flags shared by both routes: no network beyond the MLflow server, nothing left behind in $HOME.
 BASE_FLAGS = [

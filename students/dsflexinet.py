@@ -1,4 +1,4 @@
-"""DS-FlexiNet (Chen et al., arXiv 2412.20722, seed 000 section II-A): the DS-FlexiNet student family.
+"""DS-FlexiNet (Chen et al., arXiv 2412.20722, section II-A): the DS-FlexiNet student family.
 
 A stem of two 3x3 stride-2 convolutions with BN+ReLU, then stages of MobileNetV2 inverted-residual blocks
 (1x1 expand, 3x3 depthwise, 1x1 linear projection) whose residual path adapts to the block: identity when shape is
@@ -68,7 +68,7 @@ def fuse_conv_units(model: nn.Module) -> nn.Module:
 
 
 class ResidualNorm(nn.Module):
-    """Residual Normalization, eq. (1)-(2) of seed 000: instance norm mixed with the identity by a trainable
+    """Residual Normalization, eq. (1)-(2) of arXiv 2412.20722: instance norm mixed with the identity by a trainable
     lambda, RN(x) = lambda * x + (1 - lambda) * IN(x), lambda clamped to [0, 1].
 
     IN (eq. 1) normalises every channel of every clip by its own mean and variance over frequency and time,

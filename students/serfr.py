@@ -1,4 +1,4 @@
-"""SERFR-CNN (Fei, Li, Jia, DCASE 2023 technical report, seed 001 Table 1): a receptive-field-regularised
+"""SERFR-CNN (Fei, Li, Jia, DCASE 2023 Task 1a technical report, Table 1): a receptive-field-regularised
 CNN (RFR-CNN, Koutini et al.) with squeeze-excitation after each residual block.
 
 Table 1, read top to bottom:

@@ -1,4 +1,4 @@
-"""SP4SC (Puy, Jain, Bursuc, DCASE 2021; seed 002 section 3.2): CNN6 with separable convolution blocks.
+"""SP4SC (Puy, Jain, Bursuc, DCASE 2021 Task 1a technical report, section 3.2): CNN6 with separable convolution blocks.
 
 A separable convolution block (SCB, section 3.2.1) first mixes channels with a 1x1 conv g, then filters each
 channel with a 3x1 and a 1x3 depthwise conv (dilation 2, as in the reference code) whose outputs are summed,

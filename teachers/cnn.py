@@ -1,4 +1,4 @@
-"""CNN6-style teacher (PANNs, Kong et al. 2020): the plain CNN of vivo's teacher trio (seed 001, 002).
+"""CNN6-style teacher (PANNs, Kong et al. 2020): the plain CNN of the vivo DCASE 2023 Task 1a teacher trio.
 
 Four blocks of 5x5 conv-BN-ReLU followed by 2x2 average pooling and dropout, then PANNs' clip pooling:
 average over frequency, smooth over time (max- plus avg-pool of width 3), then max + mean over time,

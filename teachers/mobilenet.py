@@ -1,7 +1,7 @@
-"""MobileNetV2 teacher (one of vivo's three teachers, seed 001) from timm, built without pretrained weights.
+"""MobileNetV2 teacher (one of the three teachers of the vivo DCASE 2023 Task 1a technical report) from timm, built without pretrained weights.
 
 timm's ImageNet weights are RGB and would need a download; the teacher is built for one input channel and
-trained from scratch, or loaded from a local state dict through the registry (`weights=`).
+trained from scratch, or loaded from a local state dict through `teachers.families` (`weights=`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 hear21passt's own entry points default to `pretrained=True` and fetch weights from GitHub; here the net is
 always built with `pretrained=False` and AudioSet or fine-tuned weights come only from a local file
 (`weights=`), loaded the way hear21passt's `load_pretrained` does it: head dropped when the class count
-differs, then `strict=False` (REFERENCE.md section 9). The library prints the model at construction and
+differs, then `strict=False` (as kkoutini/passt_hear21 loads its own checkpoints). The library prints the model at construction and
 tensor shapes on the first forward, so both run with stdout redirected.
 
 `load_weights` is shared by every teacher family; it lives here because PaSST is the family whose
@@ -100,7 +100,7 @@ class PaSSTTeacher(nn.Module):
                 f"{x.shape[-1]}-frame input; use a smaller s_patchout_t"
             )
         # hear21passt prints shapes on its (process-wide) first forward only. It also warns whenever the input
-        # is shorter than the 10-s grid; cropping the time positional embeddings is intended (REFERENCE.md 9).
+        # is shorter than the 10-s grid; cropping the time positional embeddings is intended (kkoutini/passt_hear21 does the same).
         from hear21passt.models import passt as hear21
 
         quiet = contextlib.redirect_stdout(io.StringIO()) if hear21.first_RUN else contextlib.nullcontext()

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from asc_dist.logits import write_targets  # noqa: E402
+from asc_dist.run.logits import write_targets  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -87,7 +87,7 @@ def synth_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_store(synth_root):
-    from asc_dist.audio.store import WaveformStore, pack
+    from asc_dist.data.store import WaveformStore, pack
 
     return WaveformStore(pack(synth_root)[0])
 
@@ -95,8 +95,9 @@ def synth_store(synth_root):
 @pytest.fixture(scope="session")
 def int8_student(tmp_path_factory, synth_root, synth_store):
     """A student trained briefly with KD and QAT, exported to int8 TorchScript: (model_int8.pt, store, result)."""
-    from asc_dist.distill import StudentConfig, train_student
-    from asc_dist.prepare import DataConfig
+    from asc_dist.data.prepare import DataConfig
+    from asc_dist.distill.config import StudentConfig
+    from asc_dist.distill.student import train_student
 
     run = tmp_path_factory.mktemp("shipped") / "run"
     make_targets(run, synth_store)

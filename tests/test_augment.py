@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from asc_dist.augment import (
+from asc_dist.errors import ConfigError
+from asc_dist.training.augment import (
     AUGMENT_PRESETS,
     AugmentConfig,
     AutoDeviceIR,
@@ -26,7 +27,6 @@ from asc_dist.augment import (
     clip_energy,
     mix_targets,
 )
-from asc_dist.errors import ConfigError
 from tests.conftest import MICIRP, REAL_SCENES, need
 
 SR = 32000

@@ -1,6 +1,6 @@
 """cluster.yaml passes Ray's own config preparation and schema validation, offline; typos are caught.
 
-`ray up` has no dry run (STACK.md), so this is the check that runs without a cloud account: the same
+`ray up` has no dry run, so this is the check that runs without a cloud account: the same
 `prepare_config` (merge with the AWS defaults) and `validate_config` (ray-schema.json) that `ray up` runs first.
 """
 

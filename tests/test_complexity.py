@@ -10,7 +10,8 @@ import pytest
 import torchinfo
 from torch import nn
 
-from asc_dist.complexity import MAX_MACS, MAX_PARAM_BYTES, main, measure, resolve
+from asc_dist.complexity import main, resolve
+from asc_dist.nets.complexity import MAX_MACS, MAX_PARAM_BYTES, measure
 
 
 def tiny_reference() -> nn.Module:
@@ -64,7 +65,7 @@ def test_cli_bad_model_is_one_line_and_exit_2() -> None:
 
 
 def test_resolve_teacher_families_when_present() -> None:
-    registry = pytest.importorskip("teachers.registry")
+    registry = pytest.importorskip("teachers.families")
     family = registry.TEACHER_FAMILIES[1] if len(registry.TEACHER_FAMILIES) > 1 else registry.TEACHER_FAMILIES[0]
     sizes = registry.teacher_sizes(family)
     size = "tiny" if "tiny" in sizes else sizes[0]

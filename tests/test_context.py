@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from asc_dist.audio.store import WaveformStore, pack
-from asc_dist.context import ContextSplit, build_windows, context_parts, recording_of
+from asc_dist.data.prepare import DataConfig
+from asc_dist.data.store import WaveformStore, pack
 from asc_dist.data.synth import SynthConfig, generate
-from asc_dist.logits import teacher_logits_path
-from asc_dist.prepare import DataConfig
-from asc_dist.teachers import TeachersConfig, run_teachers
+from asc_dist.run.logits import teacher_logits_path
+from asc_dist.teach.driver import TeachersConfig, run_teachers
+from asc_dist.training.context import ContextSplit, build_windows, context_parts, recording_of
 
 # 10-part recordings, two train locations per scene (so validation gets whole locations), small.
 CONTEXT_DATA = SynthConfig(clips_per_device=20, test_clips_per_device=10, devices_per_train_segment=1,
@@ -107,13 +107,13 @@ def test_context_teacher_logits_complete_and_keyed_by_clip(ray_session, context_
 def test_ddp_ranks_draw_their_own_augmentations_from_the_same_weights(synth_store):
     import torch
 
-    from asc_dist.roster import TeacherConfig
-    from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+    from asc_dist.teach.roster import TeacherConfig
+    from asc_dist.teach.trial import TeacherRunContext, teacher_trainer
 
     t = TeacherConfig(name="t", family="cnn", size="tiny", seed=5, epochs=1)
     ctx = TeacherRunContext(run_dir="", store=str(synth_store.path), val_fraction=0.15, val_seed=0,
                             fingerprint=synth_store.fingerprint, mlflow_uri="", experiment="", dirs=None)  # fmt: skip
-    ranks = [make_trainer(t, ctx, synth_store, shard=(rank, 2)) for rank in (0, 1)]
+    ranks = [teacher_trainer(t, ctx, synth_store, shard=(rank, 2)) for rank in (0, 1)]
     assert [r.cfg.seed for r in ranks] == [5, 6]  # seed + rank: different augmentation and batch draws
     for a, b in zip(ranks[0].model.state_dict().values(), ranks[1].model.state_dict().values()):
         assert torch.equal(a, b)  # identical initial weights
@@ -121,9 +121,9 @@ def test_ddp_ranks_draw_their_own_augmentations_from_the_same_weights(synth_stor
 
 
 def test_changing_the_validation_carve_retrains(tmp_path, synth_store):
-    from asc_dist.logits import write_teacher_logits
-    from asc_dist.roster import TeacherConfig
-    from asc_dist.teachers import is_done
+    from asc_dist.run.logits import write_teacher_logits
+    from asc_dist.teach.driver import is_done
+    from asc_dist.teach.roster import TeacherConfig
 
     t = TeacherConfig(name="t", family="cnn")
     table = synth_store.table()

@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from asc_dist.errors import LogitsError
-from asc_dist.logits import LOGIT_BOUND, load_targets, load_teachers, teacher_logits_path, targets_path, write_targets, write_teacher_logits
+from asc_dist.run.logits import (
+    LOGIT_BOUND,
+    load_targets,
+    load_teachers,
+    targets_path,
+    teacher_logits_path,
+    write_targets,
+    write_teacher_logits,
+)
 
 CLASSES = ["airport", "bus", "metro", "park", "tram"]
 

@@ -11,8 +11,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from asc_dist.audio.store import PackConfig, WaveformStore, pack
 from asc_dist.data.check import check_dataset
+from asc_dist.data.store import PackConfig, WaveformStore, pack
 from asc_dist.data.table import carve_validation, load_clip_table, read_layout
 from asc_dist.errors import DatasetError
 from tests.conftest import REAL_SCENES, need
@@ -157,10 +157,10 @@ def test_int16_store_round_trips_real_audio_and_is_its_own_data(real_tau, tmp_pa
     the other."""
     import json
 
-    from asc_dist.logits import write_teacher_logits
-    from asc_dist.roster import TeacherConfig
-    from asc_dist.teacher_trial import TeacherRunContext, teacher_checkpoint
-    from asc_dist.teachers import is_done
+    from asc_dist.run.logits import write_teacher_logits
+    from asc_dist.teach.driver import is_done
+    from asc_dist.teach.roster import TeacherConfig
+    from asc_dist.teach.trial import TeacherRunContext, teacher_checkpoint
 
     f32 = WaveformStore(pack(real_tau, tmp_path / "f32")[0])
     i16 = WaveformStore(pack(real_tau, tmp_path / "i16", PackConfig(dtype="int16"))[0])
@@ -193,7 +193,7 @@ def test_int16_store_round_trips_real_audio_and_is_its_own_data(real_tau, tmp_pa
 def test_pack_cli_dtype_choice_and_steps_keep_it(real_tau, tmp_path):
     import json
 
-    from asc_dist.prepare import DataConfig, prepare_store
+    from asc_dist.data.prepare import DataConfig, prepare_store
 
     out = tmp_path / "store"
     proc = run_cli("pack", str(real_tau), "--out", str(out), "--dtype", "int16")
@@ -215,7 +215,7 @@ def test_int16_pack_counts_and_warns_clipped_samples(real_tau, tmp_path, caplog)
     audio, sr = sf.read(clip, dtype="float32", always_2d=True)
     loud = audio / np.abs(audio).max() * 3.0  # float wav: samples up to 3x full scale
     sf.write(clip, loud, sr, subtype="FLOAT")
-    with caplog.at_level("WARNING", logger="asc_dist.audio.store"):
+    with caplog.at_level("WARNING", logger="asc_dist.data.store"):
         store = WaveformStore(pack(real_tau, tmp_path / "s", PackConfig(dtype="int16"))[0])
     n = store.manifest["clipped_samples"]
     assert n > 0

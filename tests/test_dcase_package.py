@@ -19,7 +19,7 @@ LABEL = "Doe_ASC_task1"
 def test_package_predicts_like_asc_dist(int8_student, tmp_path):
     model_file, store, _ = int8_student
     out = tmp_path / "pkg"
-    done = subprocess.run([sys.executable, "-m", "asc_dist.export", "--model", str(model_file.parent), "--dcase-package", LABEL,
+    done = subprocess.run([sys.executable, "-m", "asc_dist.export", "--model-file", str(model_file.parent), "--dcase-package", LABEL,
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p.name for p in out.iterdir()} == {LABEL, "requirements.txt", "setup.py", "test_complexity.py"}
@@ -33,7 +33,7 @@ def test_package_predicts_like_asc_dist(int8_student, tmp_path):
     assert ran.returncode == 0, ran.stderr[-2000:]
     got = json.loads(ran.stdout.strip().splitlines()[-1])
     assert got["classes"] == store.classes
-    pred = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model", str(model_file), *files, "--out", str(tmp_path / "p.csv")],
+    pred = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model-file", str(model_file), *files, "--out", str(tmp_path / "p.csv")],
                           capture_output=True, text=True, timeout=300)
     assert pred.returncode == 0, pred.stderr[-2000:]
     with open(tmp_path / "p.csv") as f:

@@ -7,10 +7,10 @@ import logging
 
 import numpy as np
 
-from asc_dist.audio.store import WaveformStore, pack
 from asc_dist.data.devices import UNSEEN_DEVICES, device_specs
+from asc_dist.data.store import WaveformStore, pack
 from asc_dist.data.synth import SynthConfig, generate
-from asc_dist.dir_bank import GENERATED_IRS, auto_tau, generated_bank, held_out_irs, load_bank, resolve_tau
+from asc_dist.training.ir_bank import GENERATED_IRS, auto_tau, generated_bank, held_out_irs, load_bank, resolve_tau
 from tests.conftest import MICIRP, need
 
 
@@ -31,7 +31,7 @@ def test_generated_bank_is_disjoint_from_every_dataset_device():
     cfg = SynthConfig(sample_rate=32000)
     bank = generated_bank(32000)
     assert len(bank) == GENERATED_IRS and bank.names[0] == "generated-00"
-    for spec in device_specs(cfg).values():
+    for spec in device_specs(cfg.seed, cfg.sample_rate, cfg.dirs).values():
         for row, n in zip(bank.irs, bank.lengths):
             h = row[: int(n)].numpy()
             assert len(spec.ir) != len(h) or not np.allclose(spec.ir, h, atol=1e-4)
@@ -42,7 +42,7 @@ def test_auto_tau_is_the_mean_energy_and_opens_the_gate(synth_store, caplog):
     train = synth_store.split("train")
     tau, share = auto_tau(train, synth_store.sample_rate)
     assert 0 < tau < 323 and 0.05 < share < 0.95  # synthetic clips are quieter than TAU22's average
-    with caplog.at_level(logging.WARNING, logger="asc_dist.dir_bank"):
+    with caplog.at_level(logging.WARNING, logger="asc_dist.training.ir_bank"):
         assert resolve_tau(323.0, train, synth_store.sample_rate) == 323.0
     assert "no augmentation" in caplog.text  # the paper's raw-TAU22 tau would never fire here: say so
     assert resolve_tau("auto", train, synth_store.sample_rate) == tau

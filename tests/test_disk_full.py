@@ -71,15 +71,15 @@ def test_synth_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(tmp_path)
 @needs_mount
 def test_teachers_check_free_space_before_ray_starts(tmp_path, synth_root, synth_store):
     done = on_tiny_disk(tmp_path, ["asc_dist.teachers", "--n", "1", "--size", "tiny", "--data", str(synth_root),
-                                   "--out", str(tmp_path / "tiny" / "run")])
+                                   "--run", str(tmp_path / "tiny" / "run")])
     line = one_error_line(done)
-    assert "needs" in line and "--out" in line, line
+    assert "needs" in line and "--run" in line, line
     assert "Ray:" not in done.stderr  # refused before any cluster started
     assert left_on_disk(done) == ""
 
 
 def test_stale_temps_of_dead_writers_are_removed_on_the_next_start(tmp_path, synth_root):
-    from asc_dist.audio.store import pack
+    from asc_dist.data.store import pack
 
     store, _ = pack(synth_root, tmp_path / "sr32000")
     host = socket.gethostname()

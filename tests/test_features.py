@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asc_dist.features import CNN_MEL, CPRESNET_MEL, FRONT_ENDS, PASST_MEL, STUDENT_MEL, LogMel
+from asc_dist.nets.features import CNN_MEL, CPRESNET_MEL, FRONT_ENDS, PASST_MEL, STUDENT_MEL, LogMel
 
 
 @pytest.mark.parametrize(

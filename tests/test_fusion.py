@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from asc_dist.errors import ConfigError, LogitsError
-from asc_dist.fusion import FusionConfig, average, fit_fusion, fuse, main, run_fusion, select_teachers
-from asc_dist.logits import load_targets, write_teacher_logits
+from asc_dist.fuse.crossfit import select_teachers
+from asc_dist.fuse.fit import average, fit_fusion, fuse
+from asc_dist.fuse.fusion import FusionConfig, main, run_fusion
+from asc_dist.run.logits import load_targets, write_teacher_logits
 
 CLASSES = [f"scene{c}" for c in range(5)]
 SEEN = ["a", "b", "c", "s1", "s2", "s3"]

@@ -65,13 +65,13 @@ def test_cluster_trains_across_nodes_and_survives_a_lost_worker(cluster):
     assert made.returncode == 0, made.stderr[-2000:]
 
     # a run folder only the head can see (its private /tmp): one clear error, before any training
-    blind = on_head(c, f"python -m asc_dist.teachers --n 2 --size tiny --epochs 2 --address {c.head_address} --data {DATA} --out /tmp/r0")
+    blind = on_head(c, f"python -m asc_dist.teachers --n 2 --size tiny --epochs 2 --address {c.head_address} --data {DATA} --run /tmp/r0")
     assert blind.returncode == 2, blind.stderr[-2000:]
     assert "Traceback" not in blind.stderr and "does not exist there" in blind.stderr and c.hosts["w1"].ip in blind.stderr
 
     run = f"{SHARED}/runs/r1"
     driver = c.popen("head", f"python -m asc_dist.teachers --n 2 --size tiny --epochs 6 --cpus-per-teacher 2 --max-failures 2 "
-                     f"--address {c.head_address} --data {DATA} --out {run} --mlflow-uri {c.mlflow_uri}",
+                     f"--address {c.head_address} --data {DATA} --run {run} --mlflow-uri {c.mlflow_uri}",
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
@@ -102,7 +102,7 @@ def test_cluster_trains_across_nodes_and_survives_a_lost_worker(cluster):
 
     manifest = json.loads((c.state / "shared" / "runs" / "r1" / "teachers.json").read_text())["teachers"]
     assert manifest[teacher]["node_ip"] == restarted.group(1) and manifest[teacher]["epochs_trained"] == 6
-    check = on_head(c, "python -c \"import pyarrow.parquet as pq, json; from asc_dist.logits import teacher_logits_path as p; "
+    check = on_head(c, "python -c \"import pyarrow.parquet as pq, json; from asc_dist.run.logits import teacher_logits_path as p; "
                     f"print('=>', json.dumps([pq.read_table(p('{run}', t), columns=['filename']).column('filename').to_pylist() for t in {sorted(manifest)!r}]))\"")
     per_teacher = json.loads(answer(check))
     assert len(per_teacher) == 2 and all(len(f) == len(set(f)) == STORE_CLIPS for f in per_teacher)

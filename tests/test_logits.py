@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asc_dist.errors import LogitsError
-from asc_dist.logits import (
+from asc_dist.run.logits import (
     _digest,
     load_targets,
     load_teachers,

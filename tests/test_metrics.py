@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from asc_dist.errors import LogitsError
-from asc_dist.metrics import evaluate_predictions, format_table
-from asc_dist.plots import bar_figure, confusion_matrix_figure, per_device_figure, scatter_figure
+from asc_dist.infra.plots import bar_figure, confusion_matrix_figure, per_device_figure, scatter_figure
+from asc_dist.training.metrics import evaluate_predictions, format_table
 
 CLASSES = ["airport", "bus", "park"]
 # Eight clips: true label, predicted label (via the argmax below), device.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import socket
 import subprocess
 import sys
@@ -52,11 +51,11 @@ def test_nested_runs_metrics_and_artifacts_over_http(mlflow_server, mlflow_serve
 
 
 def test_tracking_module_logs_nested_runs_to_the_server(mlflow_server, tmp_path):
-    """asc_dist.tracking (the one place that talks to MLflow) against the HTTP server, parent and child."""
+    """asc_dist.infra.tracking (the one place that talks to MLflow) against the HTTP server, parent and child."""
     import mlflow
     from mlflow import MlflowClient
 
-    from asc_dist import tracking
+    from asc_dist.infra import tracking
 
     before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
     tracking.check_reachable(mlflow_server)
@@ -78,7 +77,7 @@ def test_tracking_module_logs_nested_runs_to_the_server(mlflow_server, tmp_path)
 
 
 def test_check_reachable_fails_fast_on_a_closed_port():
-    from asc_dist import tracking
+    from asc_dist.infra import tracking
 
     port = server_module().free_port()
     with pytest.raises(TrackingError, match="unreachable.*ops/mlflow_server.sh"):

@@ -20,14 +20,14 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 def exported(int8_student, tmp_path_factory):
     model_file, store, _ = int8_student
     out = tmp_path_factory.mktemp("onnx") / "student.onnx"
-    done = subprocess.run([sys.executable, "-m", "asc_dist.export", "--onnx", "--model", str(model_file.parent), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "asc_dist.export", "--onnx", "--model-file", str(model_file.parent), "--out", str(out),
                            "--int8", "--calib-clips", "64"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), model_file
 
 
 def real_windows() -> np.ndarray:
-    from asc_dist.predict.audio import cut, read_mono
+    from asc_dist.ship.audio import cut, read_mono
 
     return np.concatenate([cut(read_mono(p, 32000), 32000, 32000, p.name).waves[:3] for p in sorted(need(REAL_SCENES / "tut2018").glob("*.wav"))])
 
@@ -35,7 +35,7 @@ def real_windows() -> np.ndarray:
 def test_onnxruntime_matches_torch_on_real_clips(exported):
     import onnxruntime as ort
 
-    from asc_dist.predict.model import load_model
+    from asc_dist.ship.load import load_model
 
     result, model_file = exported
     fp32 = load_model(str(model_file.with_name("model.pt")))
@@ -58,7 +58,7 @@ def test_predict_takes_the_onnx_file(exported, tmp_path):
     rows = {}
     for model in (result["onnx"], str(model_file.with_name("model.pt"))):
         out = tmp_path / f"{len(rows)}.csv"
-        done = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model", model, str(scenes), "--out", str(out)],
+        done = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model-file", model, str(scenes), "--out", str(out)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         rows[model] = [line.split("\t") for line in out.read_text().splitlines()[1:]]

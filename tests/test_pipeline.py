@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from asc_dist.pipeline import PipelineConfig, run_pipeline
-from asc_dist.prepare import DataConfig
+from asc_dist.data.prepare import DataConfig
+from asc_dist.pipeline.driver import PipelineConfig, run_pipeline
 
 
 def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_session, tmp_path, synth_root, synth_store):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asc_dist.predict.model import read_metadata
+from asc_dist.ship.load import read_metadata
 from tests.conftest import REAL_SCENES, need
 
 
@@ -45,7 +45,7 @@ def test_predict_real_recordings_in_dcase_format(student, tmp_path):
     alone.parent.mkdir()
     shutil.copy(model_file, alone)
     scenes = need(REAL_SCENES / "tut2018")
-    done = cli("--model", str(alone), str(scenes), "--out", str(tmp_path / "pred.csv"), "--windows")
+    done = cli("--model-file", str(alone), str(scenes), "--out", str(tmp_path / "pred.csv"), "--windows")
     assert done.returncode == 0, done.stderr[-2000:]
     header, rows = read_dcase(tmp_path / "pred.csv")
     assert header == ["filename", "scene_label", *store.classes]  # the model's own classes, in its order
@@ -70,7 +70,7 @@ def test_mono_and_rate_are_handled_like_the_models_own_input(student, tmp_path):
     mono32 = torchaudio.functional.resample(torch.from_numpy(audio.mean(1)), sr, 32000).numpy()
     sf.write(tmp_path / "park32.wav", mono32, 32000, subtype="FLOAT")
     shutil.copy(src, tmp_path / "park48.wav")
-    done = cli("--model", str(model_file), str(tmp_path / "park48.wav"), str(tmp_path / "park32.wav"), "--out", str(tmp_path / "p.csv"))
+    done = cli("--model-file", str(model_file), str(tmp_path / "park48.wav"), str(tmp_path / "park32.wav"), "--out", str(tmp_path / "p.csv"))
     assert done.returncode == 0, done.stderr[-2000:]
     _, rows = read_dcase(tmp_path / "p.csv")
     a, b = (np.array([float(v) for k, v in r.items() if k not in ("filename", "scene_label")]) for r in rows)
@@ -90,7 +90,7 @@ def test_broken_files_are_named_the_good_ones_predicted(student, tmp_path):
     sf.write(folder / "empty.wav", np.zeros((0, 2)), 48000)
     (folder / "notes.txt").write_text("ignored: not an audio suffix")
     out = tmp_path / "pred.csv"
-    done = cli("--model", str(model_file.parent), str(folder), "--out", str(out))  # a student folder works too
+    done = cli("--model-file", str(model_file.parent), str(folder), "--out", str(out))  # a student folder works too
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     for bad in ("text.wav", "cut.wav", "empty.wav"):
@@ -103,10 +103,10 @@ def test_broken_files_are_named_the_good_ones_predicted(student, tmp_path):
 def test_fp32_checkpoint_and_bad_model_paths(student, tmp_path):
     model_file, store = student
     clip = need(REAL_SCENES / "tut2018" / "metro.wav")
-    done = cli("--model", str(model_file.with_name("model.pt")), str(clip), "--out", str(tmp_path / "fp32.csv"))
+    done = cli("--model-file", str(model_file.with_name("model.pt")), str(clip), "--out", str(tmp_path / "fp32.csv"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_dcase(tmp_path / "fp32.csv")[1][0]["filename"] == str(clip)
     for bad in (str(tmp_path / "missing.pt"), str(tmp_path)):
-        done = cli("--model", bad, str(clip), "--out", str(tmp_path / "x.csv"))
+        done = cli("--model-file", bad, str(clip), "--out", str(tmp_path / "x.csv"))
         assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / "x.csv").exists()

@@ -10,9 +10,9 @@ import timm
 import torch
 
 from asc_dist.errors import ConfigError
-from asc_dist.roster import TeacherConfig
-from asc_dist.teachers import parse_weights, with_weights
-from teachers.registry import build_teacher
+from asc_dist.teach.driver import parse_weights, with_weights
+from asc_dist.teach.roster import TeacherConfig
+from teachers.families import build_teacher
 
 
 def test_passt_audioset_checkpoint_loads_with_head_dropped(tmp_path, caplog):

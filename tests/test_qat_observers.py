@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.ao.quantization import FakeQuantizeBase
 
-from asc_dist.features import FRONT_ENDS, LogMel
-from asc_dist.quantize import prepare_qat
-from asc_dist.train import predict
-from students.registry import build_student
+from asc_dist.nets.features import FRONT_ENDS, LogMel
+from asc_dist.nets.quantize import prepare_qat
+from asc_dist.training.trainer import predict
+from students.presets import build_student
 
 
 def _ranges(model):

@@ -10,7 +10,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
 from asc_dist.errors import ConfigError
-from asc_dist.quantize import (
+from asc_dist.nets.quantize import (
     convert_int8,
     export_torchscript,
     freeze_observers_and_bn,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asc_dist.registry import register_student
+from asc_dist.ship.mlflow_model import register_student
 from tests.conftest import REAL_SCENES, need
 
 
@@ -26,7 +26,7 @@ def registered(int8_student, tmp_path_factory):
 
     model_file, store, result = int8_student
     uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlflow.db'}"
-    from asc_dist import tracking
+    from asc_dist.infra import tracking
 
     with tracking.run(uri, "sweep", "int8-test") as run:
         example = store.split("test").waves(np.arange(1))[0]
@@ -56,7 +56,7 @@ def test_predict_through_the_registry_equals_the_file(registered, tmp_path):
     outs = []
     for model in (model_uri, str(model_file)):
         out = tmp_path / f"{len(outs)}.csv"
-        done = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model", model, "--mlflow-uri", uri, str(scenes), "--out", str(out)],
+        done = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model-file", model, "--mlflow-uri", uri, str(scenes), "--out", str(out)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         outs.append(out.read_text())
@@ -73,7 +73,7 @@ def test_served_model_answers_with_probabilities(registered, tmp_path):
     import torch
     import torchaudio
 
-    from asc_dist.predict.model import load_model
+    from asc_dist.ship.load import load_model
 
     uri, model_uri, _, model_file = registered
     audio, sr = sf.read(need(REAL_SCENES / "tut2018" / "park.wav"), dtype="float32", always_2d=True)

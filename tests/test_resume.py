@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from asc_dist.logits import teacher_logits_path
+from asc_dist.run.logits import teacher_logits_path
 
 ROSTER = """
 defaults: {size: tiny, epochs: 12, lr: 0.002, batch_size: 16, roll: 2000}
@@ -72,7 +72,7 @@ def roster(tmp_path) -> Path:
 
 def test_killed_teachers_driver_continues_from_its_last_epoch(tmp_path, synth_root, synth_store, roster):
     def cmd(out):
-        return [sys.executable, "-m", "asc_dist.teachers", "--roster", str(roster), "--data", str(synth_root), "--out", str(out)]
+        return [sys.executable, "-m", "asc_dist.teachers", "--roster", str(roster), "--data", str(synth_root), "--run", str(out)]
 
     killed = run_and_kill(cmd(tmp_path / "run"), "[cpr] epoch 1/12")
     assert epoch_lines(killed, "cpr")[-1] < 12
@@ -97,7 +97,7 @@ def test_killed_teachers_driver_continues_from_its_last_epoch(tmp_path, synth_ro
 
 def test_killed_pipeline_continues_the_sweep(tmp_path, synth_root, synth_store):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "asc_dist.pipeline", "--data", str(synth_root), "--run", str(run), "--n-teachers", "2",
+    cmd = [sys.executable, "-m", "asc_dist.pipeline", "--data", str(synth_root), "--run", str(run), "--n", "2",
            "--teacher-epochs", "1", "--presets", "sm1", "--kd-lambda", "0.02", "--student-epochs", "12", "--qat-epochs", "1"]
     student = "dsflexinet-sm1-l0.02-T2-s0"
     killed = run_and_kill(cmd, f"[{student}] epoch 1/12")
@@ -122,7 +122,7 @@ def test_killed_pipeline_continues_the_sweep(tmp_path, synth_root, synth_store):
 def test_trial_checkpoint_belongs_to_its_key(tmp_path):
     import torch
 
-    from asc_dist.trial_state import TrialCheckpoint
+    from asc_dist.run.checkpoint import TrialCheckpoint
 
     ckpt = TrialCheckpoint.of(tmp_path, "sweep", "t", key="k1")
     assert ckpt.load() is None

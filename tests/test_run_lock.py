@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 
-from asc_dist.run_lock import run_lock
+from asc_dist.run.lock import run_lock
 
-HOLD = "import sys, time; from asc_dist.run_lock import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n"
+HOLD = "import sys, time; from asc_dist.run.lock import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n"
 
 
 def _holder(folder):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asc_dist.errors import ConfigError
-from asc_dist.trial_state import STATE_FILE, load_state
+from asc_dist.run.checkpoint import STATE_FILE, load_state
 
 
 class Payload:  # any object a pickle could construct (and run code while doing so)

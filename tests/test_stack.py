@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from asc_dist import stack
+from asc_dist.infra import stack
 
 PINS = {"torch": "2.11.0", "torchaudio": "2.11.0", "torchvision": "0.26.0"}
 

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asc_dist.complexity import measure
 from asc_dist.errors import ConfigError
-from asc_dist.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, prepare_qat
+from asc_dist.nets.complexity import measure
+from asc_dist.nets.quantize import convert_int8, export_torchscript, freeze_observers_and_bn, prepare_qat
 from students import STUDENTS, build_student, student_presets
 from students.dsflexinet import ResidualNorm
 from students.sp4sc import SP4SC, SP4SCConfig
 
-# Table II of seed 000: parameters and MACs on one 1x256x64 clip.
+# Table II of DS-FlexiNet (arXiv 2412.20722): parameters and MACs on one 1x256x64 clip.
 TABLE_II = {"sm1": (13_760, 3.88e6), "sm2": (30_690, 8.27e6), "sm3": (54_980, 14.34e6), "sm4": (126_120, 23.03e6)}
 ALL_STUDENTS = [
     *[("dsflexinet", p, n) for p in TABLE_II for n in ("rn", "bn")],
@@ -79,7 +79,7 @@ def test_sp4sc_merge_bn_matches_and_drops_bn_parameters() -> None:
     x = torch.randn(2, 1, 256, 64)
     with torch.no_grad():
         before = model(x)
-    # Figure 4 of seed 002: 64,335 values at training time (state dict, BN running stats included) ...
+    # Figure 4 of the SP4SC study (Puy, Jain, Bursuc, DCASE 2021 Task 1a technical report): 64,335 values at training time (state dict, BN running stats included) ...
     assert sum(v.numel() for v in model.state_dict().values()) == 64_335
     train_params = sum(p.numel() for p in model.parameters())
     model.merge_bn()
@@ -170,7 +170,7 @@ def test_converted_dsflexinet_rn_float_island_or_all_int8() -> None:
     chosen, leaves one dequantise in the traced model: the logits'."""
     import warnings
 
-    from asc_dist.quantize import convert_int8, prepare_qat
+    from asc_dist.nets.quantize import convert_int8, prepare_qat
     from students.dsflexinet import FloatIslandResidualNorm, QuantizedResidualNorm
 
     torch.manual_seed(0)
@@ -191,7 +191,7 @@ def test_converted_dsflexinet_rn_float_island_or_all_int8() -> None:
 
 
 def test_banded_mel_product_equals_the_dense_one() -> None:
-    from asc_dist.features import STUDENT_MEL, LogMel
+    from asc_dist.nets.features import STUDENT_MEL, LogMel
 
     x = torch.randn(3, 32000) * 0.1
     dense, banded = LogMel(STUDENT_MEL, band_groups=0).eval(), LogMel(STUDENT_MEL).eval()

@@ -8,9 +8,9 @@ import mlflow
 import numpy as np
 import pytest
 
+from asc_dist.data.prepare import DataConfig
 from asc_dist.errors import ConfigError
-from asc_dist.logits import write_teacher_logits
-from asc_dist.prepare import DataConfig
+from asc_dist.run.logits import write_teacher_logits
 from asc_dist.study.__main__ import StudyConfig, run_study
 from asc_dist.study.report import paired, summarise
 from tests.conftest import make_targets

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asc_dist.distill import StudentConfig, train_student
-from asc_dist.pipeline_report import _int8_section
-from asc_dist.prepare import DataConfig
-from asc_dist.tune import asha
+from asc_dist.data.prepare import DataConfig
+from asc_dist.distill.config import StudentConfig
+from asc_dist.distill.student import train_student
+from asc_dist.distill.sweep import asha
+from asc_dist.pipeline.report import _int8_section
 
 
 def test_last_epoch_is_reported_only_with_the_scores(tmp_path, synth_root, synth_store):
@@ -39,12 +40,11 @@ def test_students_refuse_the_fusions_fit_clips(tmp_path, synth_root, synth_store
     import subprocess
     import sys
 
+    import numpy as np
     import pytest
 
     from asc_dist.errors import ConfigError
-    import numpy as np
-
-    from asc_dist.logits import write_targets
+    from asc_dist.run.logits import write_targets
 
     run = tmp_path / "run"
     # targets written with a wider carve (0.5): the fusion fitted on clips that are training clips at 0.15

@@ -187,5 +187,5 @@ def test_real_device_impulse_responses(tmp_path):
     assert all(summary.devices[d] in names for d in DEVICES[1:])
     irs = dict(load_irs(folder, 44100))
     assert len(irs) == len(names) and all(np.isfinite(h).all() for h in irs.values())
-    specs = device_specs(cfg)
+    specs = device_specs(cfg.seed, cfg.sample_rate, cfg.dirs)
     assert [specs[d].source for d in DEVICES] == [summary.devices[d] for d in DEVICES]

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from asc_dist.logits import load_teachers, read_teacher_meta, teacher_logits_path
-from asc_dist.prepare import DataConfig
-from asc_dist.teachers import TeachersConfig, run_teachers
+from asc_dist.data.prepare import DataConfig
+from asc_dist.run.logits import load_teachers, read_teacher_meta, teacher_logits_path
+from asc_dist.teach.driver import TeachersConfig, run_teachers
 
 ROSTER = """
 defaults: {size: tiny, epochs: 2, lr: 0.002, batch_size: 16, roll: 2000}
@@ -95,7 +95,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 )
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, synth_root, roster):
     out = tmp_path / "run"
-    args = ["--data", str(synth_root), "--out", str(out), "--roster", str(roster)]
+    args = ["--data", str(synth_root), "--run", str(out), "--roster", str(roster)]
     if case == "unknown_family":
         bad = tmp_path / "bad.yaml"
         bad.write_text("teachers:\n  - {name: x, family: transformerxl}\n")
@@ -131,8 +131,8 @@ CLUSTER_SCRIPT = textwrap.dedent(
     import json, sys
     import ray
     from ray.cluster_utils import Cluster
-    from asc_dist.prepare import DataConfig
-    from asc_dist.teachers import TeachersConfig, run_teachers
+    from asc_dist.data.prepare import DataConfig
+    from asc_dist.teach.driver import TeachersConfig, run_teachers
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
@@ -188,19 +188,19 @@ def test_ddp_ranks_stay_distinct_after_a_restart(synth_store, roster):
     """A restart loads rank 0's checkpoint on every rank: rank 0 resumes its RNG exactly, the others reseed."""
     import torch
 
-    from asc_dist.roster import load_roster
-    from asc_dist.teacher_ddp import restore_rank
-    from asc_dist.teacher_trial import TeacherRunContext, make_trainer
+    from asc_dist.teach.ddp import restore_rank
+    from asc_dist.teach.roster import load_roster
+    from asc_dist.teach.trial import TeacherRunContext, teacher_trainer
 
     t = load_roster(str(roster))[0]
     ctx = TeacherRunContext(run_dir="/tmp", store=str(synth_store.path), val_fraction=0.15, val_seed=0, fingerprint="x",
                             mlflow_uri="sqlite:///:memory:", experiment="x", dirs=None)
-    rank0 = make_trainer(t, ctx, synth_store, shard=(0, 2))
+    rank0 = teacher_trainer(t, ctx, synth_store, shard=(0, 2))
     rank0.epoch = 1
     state = rank0.state_dict()
     draws = []
     for rank in (0, 1):
-        trainer = make_trainer(t, ctx, synth_store, shard=(rank, 2))
+        trainer = teacher_trainer(t, ctx, synth_store, shard=(rank, 2))
         restore_rank(trainer, state, rank)
         draws.append(torch.rand(4))
     torch.set_rng_state(state["rng"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from asc_dist.errors import ConfigError
-from asc_dist.features import FRONT_ENDS, LogMel
+from asc_dist.nets.features import FRONT_ENDS, LogMel
 from teachers import TEACHER_FAMILIES, TeacherSpec, build_teacher, teacher_sizes
 from teachers.cpresnet import CPResNet
 

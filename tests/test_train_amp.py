@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from asc_dist.distill import StudentConfig
+from asc_dist.distill.config import StudentConfig
 from asc_dist.errors import ConfigError
-from asc_dist.features import FRONT_ENDS, LogMel
-from asc_dist.train import OptimConfig, Trainer, autocast
-from teachers.registry import build_teacher
+from asc_dist.nets.features import FRONT_ENDS, LogMel
+from asc_dist.training.trainer import OptimConfig, Trainer, autocast
+from teachers.families import build_teacher
 
 
 def test_amp_switch_defaults_to_bf16_and_rejects_unknown_modes(tmp_path):
@@ -22,8 +22,8 @@ def test_amp_switch_defaults_to_bf16_and_rejects_unknown_modes(tmp_path):
         OptimConfig(amp="fp16")
     with pytest.raises(ConfigError, match="choose bf16"):
         StudentConfig(run_dir=str(tmp_path), amp="half").validate()
-    from asc_dist.students import _parser as student_parser
-    from asc_dist.teachers import _parser as teacher_parser
+    from asc_dist.distill.student_cli import build_parser as student_parser
+    from asc_dist.teach.driver import build_parser as teacher_parser
 
     assert student_parser().parse_args(["--run", "r"]).amp == teacher_parser().parse_args([]).amp == "bf16"
     assert student_parser().parse_args(["--run", "r", "--amp", "off"]).amp == teacher_parser().parse_args(["--amp", "off"]).amp == "off"

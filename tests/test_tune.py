@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from asc_dist.prepare import DataConfig
-from asc_dist.tune import SweepConfig, run_sweep
+from asc_dist.data.prepare import DataConfig
+from asc_dist.distill.sweep import SweepConfig, run_sweep
 from tests.conftest import make_targets
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from asc_dist.errors import ConfigError
-from asc_dist.roster import load_roster
+from asc_dist.teach.roster import load_roster
 
 
 @pytest.mark.parametrize("text, message", [
@@ -33,7 +33,7 @@ def test_roster_schema(tmp_path, text, message):
 ])  # fmt: skip
 def test_bad_options_fail_before_any_work(tmp_path, args, message):
     run = tmp_path / "run"
-    flag = "--out" if args[0] == "asc_dist.teachers" else "--run"
+    flag = "--run"
     res = subprocess.run([sys.executable, "-m", *args, flag, str(run)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().count("\n") == 0 or res.stderr.strip().splitlines()[-1].startswith("error:")

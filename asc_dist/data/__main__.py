@@ -6,13 +6,13 @@ import argparse
 import json
 import logging
 
-from asc_dist.cli import run_main, setup_logging
+from asc_dist.cli import add_dirs, add_verbose, run_main, setup_logging
 from asc_dist.errors import DatasetError
 
 log = logging.getLogger("asc_dist.data")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asc_dist.data", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="count clips per split x device x scene and list every problem (exit 2 if any)")
@@ -32,16 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder to create")
     s.add_argument("--clips-per-device", type=int, default=None, help="segments per device (default: the generator's)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--dirs", default=None, help="folder of device impulse responses (*.wav), e.g. MicIRP")
+    add_dirs(s)
     s.add_argument("--device-mix", choices=("balanced", "tau"), default="balanced",
                    help="tau: device a holds 72 %% of the train clips, as in TAU22 (DIR augments a only)")
     for sp in (c, k, s):
-        sp.add_argument("-v", "--verbose", action="store_true")
+        add_verbose(sp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "check":
         from asc_dist.data.check import check_dataset
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format())
         return 0 if report.ok else 2
     if args.command == "pack":
-        from asc_dist.audio.store import PackConfig, WaveformStore, pack
+        from asc_dist.data.store import PackConfig, WaveformStore, pack
 
         store_dir, built = pack(args.root, args.out, PackConfig(sample_rate=args.sr, dtype=args.dtype), force=args.force)
         store = WaveformStore(store_dir)

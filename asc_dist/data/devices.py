@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -21,9 +20,6 @@ import torchaudio.functional as taf
 
 from asc_dist.data.scenes import _db, _fftconv, _rng
 from asc_dist.errors import ConfigError, DatasetError
-
-if TYPE_CHECKING:
-    from asc_dist.data.synth import SynthConfig
 
 DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
 SEEN_DEVICES = DEVICES[:6]
@@ -160,14 +156,13 @@ def load_irs(folder: str | Path, sr: int) -> list[tuple[str, np.ndarray]]:
     return irs
 
 
-def device_specs(cfg: SynthConfig) -> dict[str, DeviceSpec]:
+def device_specs(seed: int, sr: int, dirs: str | None = None) -> dict[str, DeviceSpec]:
     """Fixed per-device parameters drawn from the seed. With `dirs`, the most coloured third of the IRs is
     reserved for s4-s6 so the unseen devices differ from the seen ones whatever files were given."""
-    sr = cfg.sample_rate
-    irs = load_irs(cfg.dirs, sr) if cfg.dirs else None
+    irs = load_irs(dirs, sr) if dirs else None
     picks: dict[str, tuple[str, np.ndarray]] = {}
     if irs:
-        rng = _rng(cfg.seed, 4)
+        rng = _rng(seed, 4)
         ranked = sorted(irs, key=lambda item: _deviation(_bands_db(item[1], sr)))
         cut = max(1, min(len(ranked) - 1, len(ranked) * 2 // 3)) if len(ranked) > 1 else 0
         pools = {"seen": ranked[:cut] or ranked, "unseen": ranked[cut:]}
@@ -178,5 +173,5 @@ def device_specs(cfg: SynthConfig) -> dict[str, DeviceSpec]:
     specs = {"a": DeviceSpec("a", np.ones(1), "identity", noise_db=-90.0)}
     for i, name in enumerate(DEVICES[1:], start=1):
         sev = SEVERITY["unseen" if name in UNSEEN_DEVICES else "seen"]
-        specs[name] = _draw_device(name, _rng(cfg.seed, 3, i), sev, sr, picks.get(name))
+        specs[name] = _draw_device(name, _rng(seed, 3, i), sev, sr, picks.get(name))
     return specs

@@ -41,12 +41,22 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from asc_dist.atomic import atomic_path
-from asc_dist.diskspace import full_disk_means
 from asc_dist.data.devices import DEVICES, SEEN_DEVICES, SEVERITY, UNSEEN_DEVICES, DeviceSpec, device_specs, load_irs
-from asc_dist.data.scenes import (EVENT_OFFSET_DB, EVENT_SECONDS, EVENTS, SCENES, STYLES, SceneStyle, _rng,
-                                  class_style, perturb_style, render_scene)  # fmt: skip
+from asc_dist.data.scenes import (
+    EVENT_OFFSET_DB,
+    EVENT_SECONDS,
+    EVENTS,
+    SCENES,
+    STYLES,
+    SceneStyle,
+    _rng,
+    class_style,  # fmt: skip
+    perturb_style,
+    render_scene,
+)
 from asc_dist.errors import ConfigError
+from asc_dist.run.atomic import atomic_path
+from asc_dist.run.diskspace import full_disk_means
 
 __all__ = [
     "CITIES", "DEVICES", "EVENTS", "EVENT_OFFSET_DB", "EVENT_SECONDS", "SCENES", "SEEN_DEVICES", "SEVERITY",
@@ -250,7 +260,7 @@ def generate(
         raise ConfigError(f"{out_dir}: exists and is not a synthetic dataset (no synth.json); choose a new --out folder")
     start = time.perf_counter()
     sr, n_clip, parts = cfg.sample_rate, cfg.clip_samples, cfg.parts_per_segment
-    devices = device_specs(cfg)
+    devices = device_specs(cfg.seed, cfg.sample_rate, cfg.dirs)
     segments = plan(cfg)
     styles = {}
     meta: list[tuple[str, str, str, str]] = []

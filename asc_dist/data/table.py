@@ -21,6 +21,7 @@ from asc_dist.errors import DatasetError
 SPLITS = ("train", "val", "test")
 SUBSET_PERCENTS = (5, 10, 25, 50, 100)
 DEVICE_ORDER = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
+UNSEEN_DEVICES = ("s4", "s5", "s6")  # TAU22: devices of the test split only
 
 
 def device_sort_key(device: str) -> tuple[int, str]:

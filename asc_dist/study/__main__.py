@@ -1,8 +1,8 @@
-"""`python -m asc_dist.study --run RUN [--seeds 3] [--epochs N]`: the seed paper's tables, honestly, on your data.
+"""`python -m asc_dist.study --run RUN [--seeds 3] [--epochs N]`: DS-FlexiNet's tables (arXiv 2412.20722), honestly, on your data.
 
 Needs a run with teachers and fused targets (the pipeline or the teachers + fusion steps). Trains every row of
 Tables IV, V and II (`asc_dist.study.plan`) for every seed with the same training code as the sweep
-(`asc_dist.distill.train_student`), as Ray tasks on the local machine or a cluster, and writes RUN/study.md,
+(`asc_dist.distill.student.train_student`), as Ray tasks on the local machine or a cluster, and writes RUN/study.md,
 RUN/study.json and one figure per table. MLflow: experiment "study", one parent run per table, a child run per
 trained student. Resumable: each finished student's result is kept in RUN/study/results/, and a rerun trains
 only what is missing. On TAU22 use `--profile full` on GPUs (150 epochs; see README).
@@ -19,12 +19,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from asc_dist.atomic import write_text_atomic
-from asc_dist.cli import quiet_third_party, run_main, setup_logging
+from asc_dist.cli import add_shared, data_config, parse_list, quiet_third_party, run_main, setup_logging
+from asc_dist.data.prepare import DataConfig
 from asc_dist.errors import ConfigError
-from asc_dist.prepare import DataConfig
-from asc_dist.run_lock import run_lock
-from asc_dist.study.plan import PROFILES, Row, best_single_teacher, rows
+from asc_dist.run.atomic import write_text_atomic
+from asc_dist.run.layout import RunLayout
+from asc_dist.run.lock import run_lock
+from asc_dist.study.plan import STUDY_PROFILES, Row, best_single_teacher, rows
 
 log = logging.getLogger("asc_dist.study")
 
@@ -52,7 +53,7 @@ def _job_id(row: Row, seed: int, profile) -> str:
 
 
 def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: str | None):
-    from asc_dist.distill import StudentConfig
+    from asc_dist.distill.config import StudentConfig
 
     changes = dict(row.changes)
     changes.pop("qat", None)
@@ -67,23 +68,24 @@ def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: s
 def run_study(cfg: StudyConfig) -> dict:
     import ray
 
-    from asc_dist import tracking
-    from asc_dist.cluster import connect
-    from asc_dist.distill import train_student
-    from asc_dist.prepare import prepare_store
+    from asc_dist.data.prepare import prepare_store
+    from asc_dist.distill.student import train_student
+    from asc_dist.infra import tracking
+    from asc_dist.infra.cluster import connect
     from asc_dist.study import report
 
     quiet_third_party()
     cfg.data.check()
     run_dir = Path(cfg.run_dir).resolve()
+    layout = RunLayout.of(run_dir)
     cfg = replace(cfg, run_dir=str(run_dir))
-    for needed, step in ((run_dir / "teachers.json", "teachers"), (run_dir / "fused" / "targets.parquet", "fusion")):
+    for needed, step in ((layout.teachers_manifest, "teachers"), (layout.targets, "fusion")):
         if not needed.is_file():
             raise ConfigError(f"{needed} is missing: the study needs a run with teachers and fused targets; run "
                               f"`python -m asc_dist.pipeline --run {cfg.run_dir}` (or the {step} step) first")
-    if cfg.profile not in PROFILES:
-        raise ConfigError(f"--profile {cfg.profile!r} is unknown; choose one of {', '.join(PROFILES)}")
-    profile = PROFILES[cfg.profile]
+    if cfg.profile not in STUDY_PROFILES:
+        raise ConfigError(f"--profile {cfg.profile!r} is unknown; choose one of {', '.join(STUDY_PROFILES)}")
+    profile = STUDY_PROFILES[cfg.profile]
     if cfg.seeds is not None:
         if cfg.seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {cfg.seeds}")
@@ -103,7 +105,7 @@ def run_study(cfg: StudyConfig) -> dict:
     cfg = replace(cfg, data=replace(cfg.data, store=str(store.path)))
     best = best_single_teacher(run_dir)
     plan = rows(profile, best)
-    folder = run_dir / "study"
+    folder = RunLayout.of(run_dir).study_dir
     (folder / "results").mkdir(parents=True, exist_ok=True)
     state_path = folder / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -161,7 +163,7 @@ def run_study(cfg: StudyConfig) -> dict:
         text = report.markdown(summary, [c for c in comparisons.values() if c], verdicts, header)
         for table in profile.tables:
             fig = report.figure(summary, table)
-            fig.savefig(run_dir / f"study_{table}.png", dpi=110)
+            fig.savefig(RunLayout.of(run_dir).study_figure(table), dpi=110)
             parents[table].log_figure(fig, f"study_{table}.png")
             for r in summary:
                 if r["table"] == table and r["stats"]["test_acc"]["mean"] is not None:
@@ -171,36 +173,29 @@ def run_study(cfg: StudyConfig) -> dict:
         payload = {"profile": cfg.profile, "seeds": list(profile.seeds), "epochs": profile.epochs, "best_teacher": best,
                    "rows": summary, "comparisons": comparisons, "verdicts": verdicts,
                    "wall_s": time.perf_counter() - start}  # fmt: skip
-        write_text_atomic(run_dir / "study.json", json.dumps(payload, indent=1, default=str))
-        write_text_atomic(run_dir / "study.md", text)
+        write_text_atomic(RunLayout.of(run_dir).study_json, json.dumps(payload, indent=1, default=str))
+        write_text_atomic(RunLayout.of(run_dir).study_md, text)
     print(text)
     return payload
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    d = StudyConfig
     p = argparse.ArgumentParser(prog="python -m asc_dist.study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run folder with teachers and fused targets")
-    p.add_argument("--profile", default="study", choices=sorted(PROFILES), help="study: 2 CPU cores, about an hour; full: TAU22 on GPUs")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per row (default 3)")
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the profile's)")
-    p.add_argument("--tables", default=None, help="subset of IV,V,II")
-    p.add_argument("--data", default=None, help="TAU-layout dataset (default: the run's synthetic dataset)")
-    p.add_argument("--store", default=None)
-    p.add_argument("--dirs", default=None, help="impulse responses for DIR/ADIR (default: generated ones)")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--mlflow-uri", default=None)
-    p.add_argument("--address", default=None, help="Ray cluster address")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--profile", default=d.profile, choices=sorted(STUDY_PROFILES), help="study: 2 CPU cores, about an hour; full: TAU22 on GPUs")
+    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per row (default: the profile's)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (default: the profile's)")
+    p.add_argument("--tables", default=None, help="comma-separated subset of IV,V,II")
+    add_shared(p, experiment=d.experiment)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    data = DataConfig(root=args.data, store=args.store, dirs=args.dirs, val_fraction=args.val_fraction)
     run_study(StudyConfig(run_dir=args.run, profile=args.profile, seeds=args.seeds, epochs=args.epochs,
-                          tables=tuple(args.tables.split(",")) if args.tables else None, data=data,
-                          mlflow_uri=args.mlflow_uri, address=args.address))  # fmt: skip
+                          tables=tuple(parse_list(args.tables, flag="--tables")) if args.tables else None, data=data_config(args),
+                          mlflow_uri=args.mlflow_uri, address=args.address, experiment=args.experiment))  # fmt: skip
     return 0
 
 

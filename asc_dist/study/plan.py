@@ -1,4 +1,4 @@
-"""Which students the study trains: the seed paper's Tables IV, V and II as rows of student configs.
+"""Which students the study trains: DS-FlexiNet's (arXiv 2412.20722) Tables IV, V and II as rows of student configs.
 
 Every row is the paper's student recipe (DS-FlexiNet, RN, Freq-MixStyle 0.4 / 0.3, Auto-DIR p 0.6 with tau
 from the data, time roll, frequency masking, fused-teacher KD) with one thing changed:
@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from asc_dist.run.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class StudyProfile:
     })  # fmt: skip
 
 
-PROFILES = {
+STUDY_PROFILES = {
     # Two CPU cores, about 50 minutes on the synthetic default: 8 epochs, QAT 2 epochs, 3 seeds.
     "study": StudyProfile(),
     # TAU22 on GPUs: the paper's length (CP-JKU train students 150-250 epochs).
@@ -51,7 +53,7 @@ PROFILES = {
 
 def best_single_teacher(run_dir: Path) -> str:
     """The teacher with the best validation accuracy in RUN/teachers.json (chosen on val, never on test)."""
-    teachers = json.loads((Path(run_dir) / "teachers.json").read_text())["teachers"]
+    teachers = json.loads(RunLayout.of(run_dir).teachers_manifest.read_text())["teachers"]
     scored = [(r.get("val_acc") or 0.0, name) for name, r in teachers.items()]
     return max(scored)[1]
 

@@ -1,0 +1,110 @@
+"""One student's typed config (`StudentConfig`), the model it builds, and its checks; crosses the Ray boundary as is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from asc_dist.data.prepare import DataConfig
+from asc_dist.errors import ConfigError
+from asc_dist.run.layout import RunLayout
+from asc_dist.training.augment import AugmentConfig
+from asc_dist.training.kd import validate_kd
+from asc_dist.training.trainer import check_amp
+
+TARGET_KINDS = ("fused", "average", "none")
+KD_LAMBDA = 0.02  # weight of the label loss: 0.02 * CE + 0.98 * KD (CP-JKU cpjku_dcase23 recipe)
+SWEEP_KD_LAMBDAS = (KD_LAMBDA, 0.1, 0.5)  # what the sweep tries by default
+
+
+@dataclass
+class StudentConfig:
+    run_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "dsflexinet"
+    preset: str = "sm2"
+    norm: str = "rn"  # Residual Normalization or plain BN (DS-FlexiNet)
+    targets: str = "fused"  # fused | average | none (plain cross-entropy) | teacher:NAME (one teacher's logits)
+    kd_lambda: float = KD_LAMBDA
+    temperature: float = 2.0
+    kd_reduction: str = "cpjku"
+    fms_p: float = 0.4
+    fms_alpha: float = 0.3
+    # The paper's recipe by default: Auto-DIR p 0.6 with tau "auto" (the mean energy of the device-a training
+    # clips, asc_dist.training.ir_bank; the paper's 323 is that mean on raw TAU22), over --dirs or generated responses
+    adir_tau: float | str | None = "auto"  # a number, "auto", or None = Auto-DIR off
+    adir_p: float = 0.6
+    dir_p: float = 0.0  # plain DIR on device-a clips (exclusive with Auto-DIR)
+    roll_s: float = 0.125
+    freqm: int = 48
+    timem: int = 0
+    mixup_alpha: float = 0.0
+    stretch_p: float = 0.0
+    epochs: int = 30
+    lr: float = 0.005
+    batch_size: int = 64
+    weight_decay: float = 1e-3
+    seed: int = 0
+    qat_epochs: int = 0
+    qat_lr: float = 5e-5
+    name: str | None = None
+    experiment: str = "students"
+    mlflow_uri: str | None = None
+    parent_run_id: str | None = None
+    device: str = "auto"
+    threads: int = 0  # torch threads (0 = torch's default)
+    amp: str = "bf16"  # bf16 autocast of the forward on a GPU, or "off" (fp32); QAT always trains in fp32
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        kd = "ce" if self.targets == "none" else f"{self.targets.replace(':', '-')}-l{self.kd_lambda:g}-T{self.temperature:g}"
+        return f"{self.model}-{self.preset}-{self.norm}-{kd}-s{self.seed}"
+
+    @property
+    def out_dir(self) -> Path:
+        return RunLayout.of(self.run_dir).student(self.run_name)
+
+    def augment(self, tau: float | None = None) -> AugmentConfig:
+        """The augmentation config; `tau` is the resolved Auto-DIR threshold (a placeholder until the data is read)."""
+        if tau is None:
+            tau = float(self.adir_tau) if isinstance(self.adir_tau, (int, float)) else 323.0
+        return AugmentConfig(
+            dir_p=self.dir_p, adir_p=self.adir_p if self.adir_tau is not None else 0.0,
+            adir_tau=tau,
+            roll_max_s=self.roll_s, stretch_p=self.stretch_p, mixup_alpha=self.mixup_alpha,
+            freqm=self.freqm, timem=self.timem, fms_p=self.fms_p, fms_alpha=self.fms_alpha,
+        )
+
+    def validate(self) -> None:
+        from students.presets import student_presets
+
+        if self.preset not in student_presets(self.model):  # unknown model raises inside
+            raise ConfigError(f"unknown preset {self.preset!r} for {self.model}; choose one of {', '.join(student_presets(self.model))}")
+        if self.targets not in TARGET_KINDS and not self.targets.startswith("teacher:"):
+            raise ConfigError(f"--targets {self.targets!r} is unknown; choose one of {', '.join(TARGET_KINDS)}")
+        if self.norm not in ("rn", "bn"):
+            raise ConfigError(f"--norm {self.norm!r} is unknown; choose rn (Residual Normalization) or bn")
+        validate_kd(self.kd_lambda, self.temperature, self.kd_reduction)
+        if isinstance(self.adir_tau, str) and self.adir_tau != "auto":
+            raise ConfigError(f"Auto-DIR tau {self.adir_tau!r} is neither a number nor 'auto'")
+        self.augment()  # probabilities and ranges; DIR without --dirs uses generated responses (asc_dist.training.ir_bank)
+        if self.epochs < 1 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError(f"--epochs must be >= 1 (got {self.epochs}: an untrained student is not worth exporting), "
+                              "--qat-epochs >= 0, --lr > 0 and --batch-size >= 1")
+        check_amp(self.amp)
+        self.data.check()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_student_model(cfg: StudentConfig, n_classes: int) -> torch.nn.Module:
+    from students.presets import build_student
+
+    return build_student(cfg.model, cfg.preset, n_classes=n_classes, norm=cfg.norm)
+
+

@@ -1,0 +1,116 @@
+"""The student's training recipe in one place: its targets (fused, averaged, one teacher's, none), the KD loss,
+the trainer with the recipe's augmentations, and its evaluation on val and test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asc_dist.data.store import WaveformStore
+from asc_dist.distill.config import StudentConfig
+from asc_dist.errors import ConfigError, LogitsError
+from asc_dist.nets.features import FRONT_ENDS, LogMel
+from asc_dist.run.layout import FIT_SPLIT
+from asc_dist.run.logits import load_targets, targets_path
+from asc_dist.training.augment import build_augmentations
+from asc_dist.training.evaluation import score_splits, split_reports
+from asc_dist.training.ir_bank import load_bank, resolve_tau
+from asc_dist.training.kd import kd_loss
+from asc_dist.training.trainer import OptimConfig, Trainer, cross_entropy_loss
+
+
+def refuse_fit_clips(targets, filenames, path: Path, val_fraction: float) -> None:
+    """Fused targets of the clips the fusion was fitted on are in-sample: a student must not train on them."""
+    fitted = sorted(set(np.asarray(filenames).tolist()) & set(targets.filenames[targets.splits == FIT_SPLIT].tolist()))
+    if fitted:
+        raise ConfigError(
+            f"{len(fitted)} of the student's training clips (first: {fitted[0]}) are clips the fusion was fitted on "
+            f"(split '{FIT_SPLIT}' in {path}): their targets are in-sample. Give the student the --val-fraction the "
+            f"teachers and fusion used (the student's is {val_fraction}), or re-run teachers and fusion with the student's")
+
+
+def check_fit_split(cfg: StudentConfig, store: WaveformStore) -> None:
+    """The driver's early check (before any trial starts) of what `train_targets` enforces."""
+    if cfg.targets not in ("fused", "average"):
+        return
+    path = targets_path(cfg.run_dir)
+    train = store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename
+    refuse_fit_clips(load_targets(path), train, path, cfg.data.val_fraction)
+
+
+def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:
+    """Teacher logits [N_train, C] in the order of `filenames`; every training clip must have one."""
+    if cfg.targets == "none":
+        return None
+    if cfg.targets.startswith("teacher:"):  # one teacher's own logits (the study's "best single teacher" row)
+        from asc_dist.run.logits import load_teachers
+
+        one = load_teachers(cfg.run_dir, [cfg.targets.split(":", 1)[1]])
+        lookup = {f: i for i, f in enumerate(one.filenames)}
+        missing = [f for f in filenames if f not in lookup]
+        if missing:
+            raise LogitsError(f"teacher {cfg.targets} has no logits for {len(missing)} training clips (first: {missing[0]}); re-run the teachers")
+        return one.logits[0][np.array([lookup[f] for f in filenames])].astype(np.float32)
+    path = targets_path(cfg.run_dir)
+    if not path.is_file():
+        raise LogitsError(f"{path} does not exist; run `python -m asc_dist.fusion --run {cfg.run_dir}` first, or pass --targets none")
+    targets = load_targets(path, column="logits" if cfg.targets == "fused" else "average")
+    if list(targets.classes) != store.classes:
+        raise LogitsError(f"{path} has classes {targets.classes} but the dataset has {store.classes}; re-run the teachers and fusion on this dataset")
+    refuse_fit_clips(targets, filenames, path, cfg.data.val_fraction)
+    lookup = {f: i for i, f in enumerate(targets.filenames)}
+    missing = [f for f in filenames if f not in lookup]
+    if missing:
+        raise LogitsError(
+            f"{len(missing)} of {len(filenames)} training clips have no target in {path} (first: {', '.join(missing[:3])}); "
+            "re-run the teachers and fusion on this dataset"
+        )
+    return targets.logits[np.array([lookup[f] for f in filenames])].astype(np.float32)
+
+
+def make_loss(cfg: StudentConfig, teacher: np.ndarray | None, device: torch.device):
+    if teacher is None:
+        return cross_entropy_loss
+    teacher_t = torch.from_numpy(teacher).to(device)
+
+    def loss(logits, batch, labels, mix):
+        total, ce, kd = kd_loss(logits, labels, teacher_t[torch.from_numpy(batch.index).to(device)], cfg.kd_lambda, cfg.temperature, cfg.kd_reduction, mix=mix)
+        return total, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+
+    return loss
+
+
+def student_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Module, epochs: int, lr: float, amp: str | None = None) -> Trainer:
+    """The student's trainer; `amp` overrides `cfg.amp` (QAT's fake-quantisers observe fp32 activations)."""
+    d = cfg.data
+    train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
+    aug = cfg.augment()
+    bank, tau = None, None
+    if aug.needs_impulse_responses:
+        bank = load_bank(d.dirs, store.sample_rate, store.manifest.get("source"))
+        if aug.adir_p > 0:
+            tau = resolve_tau(cfg.adir_tau, train, store.sample_rate)
+            aug = cfg.augment(tau)
+    wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
+    teacher = train_targets(cfg, store, train.table.filename)
+    trainer = Trainer(
+        model, LogMel(FRONT_ENDS[getattr(model, "front_end", "student")]), train, val,
+        OptimConfig(epochs=epochs, lr=lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                    amp=cfg.amp if amp is None else amp),
+        wave_aug=wave_aug, spec_aug=spec_aug, device=cfg.device, name=cfg.run_name,
+    )
+    trainer.loss_fn = make_loss(cfg, teacher, trainer.device)
+    trainer.adir_tau = tau  # the resolved Auto-DIR threshold (None: Auto-DIR off), logged with the run
+    return trainer
+
+
+def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device) -> dict:
+    """Reports on val and test; devices of the training split count as seen."""
+    d = cfg.data
+    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp)
+    seen = sorted(set(store.split("train", d.val_fraction, d.val_seed).table.device.tolist()))
+    return split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=seen)
+
+

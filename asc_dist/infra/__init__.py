@@ -1,0 +1,1 @@
+"""Service: Ray (connection, progress callbacks), MLflow tracking, plots, the installed stack check."""

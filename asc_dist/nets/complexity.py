@@ -1,0 +1,57 @@
+"""Model complexity by the DCASE rule (the NeSsi counter of the DCASE 2024 Task 1 baseline, CPJKU/dcase2024_task1_baseline).
+
+Parameters and multiply-accumulates come from `torchinfo.summary(model, input_size)`: `total_params` and
+`total_mult_adds`, counted on the fp32 model *before* conv-BN fusion (BN parameters and their MACs included),
+exactly as NeSsi and CP-JKU do. Limits: 128 KB of parameter memory (128,000 int8 parameters) and 30 M MACs.
+
+The command line is asc_dist/complexity.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torchinfo
+from torch import nn
+
+MAX_PARAM_BYTES = 128_000  # DCASE 2024 baseline MAX_PARAMS_MEMORY, in bytes
+MAX_MACS = 30_000_000
+STUDENT_INPUT = (1, 1, 256, 64)  # STUDENT_MEL, one 1-s clip
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    macs: int
+    int8_bytes: int
+    fp16_bytes: int
+    fp32_bytes: int
+    within_limits: bool  # int8 parameter memory and MACs both inside the DCASE limits
+    limits: str
+
+    def to_json(self) -> dict:
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "int8_kb": self.int8_bytes / 1000,
+            "fp16_kb": self.fp16_bytes / 1000,
+            "fp32_kb": self.fp32_bytes / 1000,
+            "within_limits": self.within_limits,
+        }
+
+
+def measure(model: nn.Module, input_size: tuple[int, ...] = STUDENT_INPUT) -> Complexity:
+    """Count `model` on one input of `input_size` (eval mode, on the model's device; its mode is restored)."""
+    was_training = model.training
+    try:
+        stats = torchinfo.summary(model, input_size=input_size, verbose=0, mode="eval")
+    finally:
+        model.train(was_training)
+    params, macs = int(stats.total_params), int(stats.total_mult_adds)
+    int8 = params  # one byte per parameter
+    ok = int8 <= MAX_PARAM_BYTES and macs <= MAX_MACS
+    text = (
+        f"params {params / 1e3:.2f} K = {int8 / 1e3:.1f} KB at int8 (limit {MAX_PARAM_BYTES / 1e3:.0f} KB); "
+        f"MACs {macs / 1e6:.2f} M (limit {MAX_MACS / 1e6:.0f} M): {'within' if ok else 'OVER'} DCASE limits"
+    )
+    return Complexity(params, macs, int8, 2 * params, 4 * params, ok, text)

@@ -1,0 +1,9 @@
+"""`python -m asc_dist.pipeline`: the command line of asc_dist/pipeline/driver.py."""
+
+from asc_dist.cli import run_main
+from asc_dist.pipeline.driver import build_parser, main
+
+__all__ = ["build_parser", "main"]
+
+if __name__ == "__main__":
+    run_main(main)

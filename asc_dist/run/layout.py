@@ -1,0 +1,144 @@
+"""Every path inside a run folder, in one place: no other module spells a file name of RUN/.
+
+    RUN/
+      .lock                              one writer at a time (asc_dist/run/lock.py)
+      data/                              the embedded synthetic dataset when no --data is given
+      mlflow.db, mlartifacts/            MLflow's default store (asc_dist/infra/tracking.py)
+      teachers.json                      what each teacher scored and where its logits are
+      logits/teacher=NAME/part-0.parquet one Parquet file per teacher (docs/CONTRACTS.md)
+      fused/targets.parquet              fused and averaged targets per clip
+      fused/fusion.json                  the fusion's weights, biases and its report
+      students/NAME/                     model.pt, model_int8.pt, result.json of one student
+      sweep/                             results.json, results.md, accuracy_vs_macs.png, parent.json
+      checkpoints/{teachers,sweep}/      the last epoch of every trial, for resuming
+      ray_results/                       Ray Tune's own experiment folders
+      pipeline.json                      the pipeline's per-step fingerprints
+      report.md, accuracy_vs_macs.png    the pipeline's report
+      study/, study.{md,json}, study_T.png  the study's per-job results and its tables
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FIT_SPLIT = "val"  # the split the fusion is fitted on: its targets are in-sample, no student trains on them
+
+# Inside a student folder (RUN/students/NAME/); a shipped student is one of these files.
+STUDENT_CHECKPOINT = "model.pt"
+STUDENT_INT8 = "model_int8.pt"
+STUDENT_RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> RunLayout:
+        return cls(Path(run_dir))
+
+    # the run as a whole
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        """Beside the sqlite database, wherever that is (a run's own or one named by --mlflow-uri)."""
+        return self.root / "mlartifacts"
+
+    @property
+    def ray_results(self) -> Path:
+        return self.root / "ray_results"
+
+    def checkpoints(self, kind: str) -> Path:
+        return self.root / "checkpoints" / kind
+
+    # teachers and fusion
+    @property
+    def teachers_manifest(self) -> Path:
+        return self.root / "teachers.json"
+
+    @property
+    def logits_dir(self) -> Path:
+        return self.root / "logits"
+
+    def teacher_logits(self, name: str) -> Path:
+        return self.logits_dir / f"teacher={name}" / "part-0.parquet"
+
+    def failed_once_marker(self, teacher: str) -> Path:
+        return self.root / f".failed-once-{teacher}"
+
+    @property
+    def fused_dir(self) -> Path:
+        return self.root / "fused"
+
+    @property
+    def targets(self) -> Path:
+        return self.fused_dir / "targets.parquet"
+
+    @property
+    def fusion_report(self) -> Path:
+        return self.fused_dir / "fusion.json"
+
+    # students and the sweep
+    def student(self, name: str) -> Path:
+        return self.root / "students" / name
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.root / "sweep"
+
+    @property
+    def sweep_results(self) -> Path:
+        return self.sweep_dir / "results.json"
+
+    @property
+    def sweep_parent(self) -> Path:
+        """The sweep's MLflow parent run, reopened when a killed sweep is resumed."""
+        return self.sweep_dir / "parent.json"
+
+    @property
+    def sweep_table(self) -> Path:
+        return self.sweep_dir / "results.md"
+
+    @property
+    def sweep_plot(self) -> Path:
+        return self.sweep_dir / "accuracy_vs_macs.png"
+
+    # the pipeline and the study
+    @property
+    def pipeline_state(self) -> Path:
+        return self.root / "pipeline.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_plot(self) -> Path:
+        return self.root / "accuracy_vs_macs.png"
+
+    @property
+    def study_dir(self) -> Path:
+        return self.root / "study"
+
+    @property
+    def study_md(self) -> Path:
+        return self.root / "study.md"
+
+    @property
+    def study_json(self) -> Path:
+        return self.root / "study.json"
+
+    def study_figure(self, table: str) -> Path:
+        return self.root / f"study_{table}.png"
