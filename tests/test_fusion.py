@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from asc_dist.errors import ConfigError, LogitsError
-from asc_dist.fuse.crossfit import select_teachers
-from asc_dist.fuse.fit import average, fit_fusion, fuse
+from asc_dist.fuse.crossfit import cross_fit, fusion_pays, location_of, select_teachers
+from asc_dist.fuse.fit import average, class_balanced, fit_fusion, fuse
 from asc_dist.fuse.fusion import FusionConfig, main, run_fusion
 from asc_dist.run.logits import load_targets, write_teacher_logits
 
@@ -179,3 +179,48 @@ def test_a_strong_penalty_falls_back_to_the_average():
     assert np.allclose(w, 1 / 3, atol=1e-3) and np.allclose(b, 0, atol=1e-3)
     w_free, _, _ = fit_fusion(logits, labels, l2=0.0)
     assert abs(w_free[0] - 1 / 3) > 0.1  # without the penalty the fit moves away from the average
+
+
+def test_class_balanced_fit_cannot_learn_the_fit_splits_class_prior():
+    """Val holds class 0 four times as often as the rest; the plain CE fit learns that prior into its biases,
+    the class-balanced one does not (the test split, with another class mix, would pay for it)."""
+    rng = np.random.default_rng(5)
+    labels = np.where(rng.random(4000) < 0.5, 0, rng.integers(1, 5, 4000))
+    logits = teacher_logits([1.0, 0.5], labels, rng)
+    _, b_plain, _ = fit_fusion(logits, labels, 1e-4)
+    _, b_balanced, _ = fit_fusion(logits, labels, 1e-4, row_weights=class_balanced(labels))
+    assert b_plain[0] - b_plain[1:].mean() > 1.0  # log(4) ~ 1.39 learned from val's prior
+    assert abs(b_balanced[0] - b_balanced[1:].mean()) < 0.15
+    w_only, b_zero, _ = fit_fusion(logits, labels, 1e-4, biases=False)
+    assert not b_zero.any() and w_only[0] > w_only[1]
+
+
+def located_names(n: int, locations: int) -> np.ndarray:
+    """TAU clip names spread over `locations` recording locations (city-location fields)."""
+    return np.array([f"audio/scene-city-{i % locations}-{i}-0-a.wav" for i in range(n)], dtype=object)
+
+
+def test_the_guard_keeps_the_average_unless_the_fusion_pays_on_held_out_locations():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 5, 3000)
+    names = located_names(3000, 10)
+    assert len(set(map(location_of, names))) == 10
+    equal = teacher_logits([0.5, 0.5], labels, rng)  # Bayes-optimal weights are the signals: 1/T, the average itself
+    cv = cross_fit(equal, labels, names, (1e-4,), biases=False)
+    assert cv["by"] == "location" and cv["folds"] == 5
+    assert fusion_pays(cv["per_fold"])["use"] == "average"
+    skewed = teacher_logits([3.0, 0.0], labels, rng) * np.array([1.0, 4.0], dtype=np.float32)[:, None, None]  # t1 is loud noise
+    cv = cross_fit(skewed, labels, names, (1e-4,))
+    choice = fusion_pays(cv["per_fold"])
+    assert choice["use"] == "fusion" and choice["gain"] > choice["spread"] > 0
+
+
+def test_the_run_reports_every_variant_and_which_targets_it_wrote(tmp_path, mlflow_uri):
+    run_dir = make_run(tmp_path / "run", signals=[0.5, 0.5])  # the average is already Bayes-optimal: nothing to gain
+    report = run_fusion(FusionConfig(run_dir, mlflow_uri=mlflow_uri))
+    assert set(report["results"]["variants"]) == {"weights only", "weights + biases", "weights + biases, balanced"}
+    assert report["objective"] == {"biases": True, "class_balanced": True}
+    assert report["targets"]["use"] in ("fusion", "average") and "spread" in report["targets"]["why"]
+    targets = load_targets(run_dir / "fused" / "targets.parquet")
+    if report["targets"]["use"] == "average":
+        np.testing.assert_array_equal(targets.logits, load_targets(run_dir / "fused" / "targets.parquet", column="average").logits)

@@ -1,4 +1,4 @@
-"""`python -m asc_dist.data {check,pack,synth}`: inspect, pack and generate TAU-layout datasets."""
+"""`python -m asc_dist.data {check,pack,synth,tauify}`: inspect, pack, generate and convert TAU-layout datasets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 
-from asc_dist.cli import add_dirs, add_verbose, run_main, setup_logging
+from asc_dist.cli import add_dirs, add_verbose, parse_list, run_main, setup_logging
+from asc_dist.data.tauify import TauifyConfig, tauify
 from asc_dist.errors import DatasetError
 
 log = logging.getLogger("asc_dist.data")
@@ -35,7 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_dirs(s)
     s.add_argument("--device-mix", choices=("balanced", "tau"), default="balanced",
                    help="tau: device a holds 72 %% of the train clips, as in TAU22 (DIR augments a only)")
-    for sp in (c, k, s):
+    u = sub.add_parser("tauify", help="your own labelled recordings as a TAU-layout dataset (1-s parts, group-disjoint splits, device variants)")
+    d = TauifyConfig
+    u.add_argument("src", help="folder the labels CSV's file paths are relative to")
+    u.add_argument("out", help="dataset folder to create (replaced only if tauify wrote it)")
+    u.add_argument("--labels", default=d.labels, help="labels CSV (comma- or tab-separated; default SRC/meta.csv)")
+    u.add_argument("--file-column", default=d.file_column)
+    u.add_argument("--label-column", default=d.label_column)
+    u.add_argument("--group-column", default=d.group_column, help="recordings of one group never straddle a split (e.g. freesound_id)")
+    u.add_argument("--test-column", default=d.test_column, help="with --test-values: the rows that form the test split (e.g. fold)")
+    u.add_argument("--test-values", default=None, help="comma-separated values of --test-column for the test split (e.g. 3)")
+    u.add_argument("--test-fraction", type=float, default=d.test_fraction, help="without --test-column: this share of the groups, seeded")
+    u.add_argument("--city", default=d.city, help="the city field of the clip names (default: SRC's folder name)")
+    add_dirs(u)
+    u.add_argument("--train-devices", default=",".join(d.train_devices), help="comma-separated devices of both splits (one response each)")
+    u.add_argument("--test-devices", default=",".join(d.test_devices), help="comma-separated devices of the test split only")
+    u.add_argument("--sr", type=int, default=d.sample_rate, help=f"sample rate to write (default {d.sample_rate})")
+    u.add_argument("--part-s", type=float, default=d.part_s, help="seconds per part (default 1)")
+    u.add_argument("--seed", type=int, default=d.seed)
+    u.add_argument("--skip-short", action="store_true", help="skip recordings shorter than one part instead of refusing")
+    for sp in (c, k, s, u):
         add_verbose(sp)
     return p
 
@@ -66,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["clips_per_device"] = args.clips_per_device
         summary = generate(args.out, SynthConfig(**kwargs))
         print(summary)
+        return 0
+    if args.command == "tauify":
+        from dataclasses import asdict
+
+        summary = tauify(TauifyConfig(
+            src=args.src, out=args.out, labels=args.labels, file_column=args.file_column, label_column=args.label_column,
+            group_column=args.group_column, test_column=args.test_column, test_values=tuple(parse_list(args.test_values, flag="--test-values") or ()),
+            test_fraction=args.test_fraction, city=args.city, dirs=args.dirs, train_devices=tuple(parse_list(args.train_devices, flag="--train-devices")),
+            test_devices=tuple(parse_list(args.test_devices, flag="--test-devices")), sample_rate=args.sr, part_s=args.part_s,
+            seed=args.seed, skip_short=args.skip_short))  # fmt: skip
+        print(json.dumps(asdict(summary)))
         return 0
     return 2
 

@@ -29,8 +29,8 @@ class FitReport:
     seconds: float
 
 
-def _loss_and_grads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
-    """Mean CE of eq. 4 and its analytic gradients, no autograd.
+def _loss_and_grads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, r: torch.Tensor | None = None):
+    """Mean CE of eq. 4 (weighted by `r`, summing to 1, when given) and its analytic gradients, no autograd.
 
     `x` is [T, C*N] (classes outer, clips inner) so the per-clip softmax reductions run over the outer axis,
     where they vectorise; torch's cross_entropy over a trailing axis of 10 was 5x slower at TAU22 scale.
@@ -40,20 +40,34 @@ def _loss_and_grads(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.
     top = z.amax(0)
     p = torch.exp(z - top)
     total = p.sum(0)
-    loss = (top + total.log() - z.gather(0, y[None]).squeeze(0)).mean()
+    nll = top + total.log() - z.gather(0, y[None]).squeeze(0)
+    loss = nll.mean() if r is None else (nll * r).sum()
     p /= total
     p.scatter_add_(0, y[None], torch.full((1, n_rows), -1.0, dtype=p.dtype))
-    p /= n_rows  # dLoss/dz
+    if r is None:
+        p /= n_rows  # dLoss/dz
+    else:
+        p *= r
     return loss, x @ p.view(-1), p.sum(1)
 
 
+def class_balanced(labels: np.ndarray) -> np.ndarray:
+    """Row weights summing to 1 under which every class present counts equally: a loss weighted so cannot
+    learn the fit split's class prior (its biases cannot move towards the classes that split happens to hold)."""
+    labels = np.asarray(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return 1.0 / (len(classes) * counts[inverse])
+
+
 def fit_fusion(
-    logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, l2: float = 1e-4, max_iter: int = 200
+    logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, l2: float = 1e-4, max_iter: int = 200,
+    *, biases: bool = True, row_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, FitReport]:
     """Fit w [T] and b [C] minimising mean CE of softmax(sum_s w_s l_s + b) + L2 towards the average.
 
     `logits` is [T, N, C] (the rows to fit on, usually the validation split), `labels` [N]. Float64
-    throughout: strong-Wolfe line searches stall on float32 loss noise at 10^5-10^6 rows.
+    throughout: strong-Wolfe line searches stall on float32 loss noise at 10^5-10^6 rows. `biases=False`
+    keeps b at 0 (weights only); `row_weights` (summing to 1, e.g. `class_balanced`) weight the CE per row.
     """
     start = time.perf_counter()
     src = logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
@@ -67,16 +81,17 @@ def fit_fusion(
     w0 = 1.0 / n_teachers
     w = torch.full((n_teachers,), w0, dtype=torch.float64)
     b = torch.zeros(n_classes, dtype=torch.float64)
+    r = None if row_weights is None else torch.as_tensor(np.asarray(row_weights), dtype=torch.float64)
     opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+        [w, b] if biases else [w], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=1e-9, tolerance_change=1e-12,
     )
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
-            loss, grad_w, grad_b = _loss_and_grads(x, y, w, b)
+            loss, grad_w, grad_b = _loss_and_grads(x, y, w, b, r)
             w.grad = grad_w + 2 * l2 * (w - w0)
-            b.grad = grad_b + 2 * l2 * b
+            b.grad = grad_b + 2 * l2 * b if biases else torch.zeros_like(b)
             return loss + l2 * ((w - w0).square().sum() + b.square().sum())
 
     opt.step(closure)

@@ -18,7 +18,16 @@ teachers' and the average's validation numbers, which no fit has seen; the in-sa
 `val_in_sample`. The penalty's strength is chosen by the same cross-fit from `L2_GRID` (`--l2 cv`, the
 default): a strength of 1e-4 against a loss near 1 does nothing, 1 holds the weights near the average.
 
-    python -m asc_dist.fusion --run RUN_DIR [--teachers a,b] [--select K] [--l2 cv|X] [--experiment NAME]
+Out of distribution (a new city, new devices, another class mix) a learned fusion can lose to the plain average:
+per-class biases fitted on val learn val's class prior, which the test split does not share. So, by default,
+(1) the fit is class-balanced: every class of the fit rows weighs the same, so the biases cannot move towards
+the classes val happens to hold (`--plain` for the unweighted CE); (2) the folds of the cross-fit hold whole
+recording locations, as the test split is cut, and (3) the targets a student learns from are the fitted fusion
+only when that cross-fit shows a gain over the average larger than its fold-to-fold spread; otherwise they are
+the average, and fusion.json says why (`--no-guard` writes the fusion regardless). Every run also fits and
+reports the variants (weights only; weights + biases; weights + biases, balanced) on val and test.
+
+    python -m asc_dist.fusion --run RUN_DIR [--teachers a,b] [--select K] [--l2 cv|X] [--no-biases] [--plain] [--no-guard]
 """
 
 from __future__ import annotations
@@ -35,8 +44,8 @@ import numpy as np
 
 from asc_dist.cli import add_shared, parse_list, quiet_third_party, setup_logging
 from asc_dist.errors import ConfigError, LogitsError
-from asc_dist.fuse.crossfit import L2_GRID, cross_fit, select_teachers
-from asc_dist.fuse.fit import average, fit_fusion, fuse
+from asc_dist.fuse.crossfit import L2_GRID, cross_fit, fusion_pays, select_teachers
+from asc_dist.fuse.fit import average, class_balanced, fit_fusion, fuse
 from asc_dist.infra import tracking
 from asc_dist.infra.plots import bar_figure
 from asc_dist.run.atomic import write_text_atomic
@@ -56,6 +65,9 @@ class FusionConfig:
     select: int | None = None  # greedy forward selection of this many teachers
     l2: float | str = "cv"  # penalty on (w - 1/T) and b: "cv" = chosen by cross-fitting on val; 0 = plain ML
     max_iter: int = 200
+    biases: bool = True  # one bias per class (False: weights only)
+    balanced: bool = True  # class-balanced CE: the fit cannot learn the val split's class prior
+    guard: bool = True  # targets = the average unless the grouped cross-fit shows the fusion pays (crossfit.fusion_pays)
     experiment: str = "fusion"
     mlflow_uri: str | None = None
 
@@ -135,21 +147,30 @@ def _seen_devices(data: TeacherLogits) -> list[str]:
     return order_devices(list(set(data.devices[train if train.any() else data.mask(FIT_SPLIT)])))
 
 
-def _evaluate_all(data: TeacherLogits, fused_names: list[str], w, b) -> dict[str, Any]:
-    """{"teachers": {name: metrics}, "average": metrics, "fusion": metrics} (average of the fused set)."""
+VARIANTS = {  # the fusion objectives every run fits and reports beside the chosen one: (biases, class-balanced)
+    "weights only": (False, False),
+    "weights + biases": (True, False),
+    "weights + biases, balanced": (True, True),
+}
+
+
+def _evaluate_all(data: TeacherLogits, fused_names: list[str], w, b, variants: dict[str, tuple]) -> dict[str, Any]:
+    """{"teachers": {name: metrics}, "average": metrics, "fusion": metrics, "variants": {name: metrics}}."""
     seen = _seen_devices(data)
     chosen = data.subset(fused_names).logits
     return {
         "teachers": {name: _evaluate(data.logits[i], data, seen) for i, name in enumerate(data.names)},
         "average": _evaluate(average(chosen), data, seen),
         "fusion": _evaluate(fuse(chosen, w, b), data, seen),
+        "variants": {name: _evaluate(fuse(chosen, vw, vb), data, seen) for name, (vw, vb) in variants.items()},
     }
 
 
 def _systems(results: dict[str, Any]) -> list[tuple[str, str, dict]]:
-    """(display name, metric prefix, metrics) for every teacher, then the average and the fusion."""
+    """(display name, metric prefix, metrics) for every teacher, the average, the fusion and its variants."""
     rows = [(name, f"teacher.{name}", res) for name, res in results["teachers"].items()]
-    return rows + [("average", "average", results["average"]), ("fusion", "fusion", results["fusion"])]
+    rows += [("average", "average", results["average"]), ("fusion", "fusion", results["fusion"])]
+    return rows + [(f"  {name}", f"variant.{name}", res) for name, res in results.get("variants", {}).items()]
 
 
 def _table(results: dict[str, Any], weights: dict[str, float]) -> str:
@@ -216,16 +237,24 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
         names = [s["teacher"] for s in selection]
     index = [data.names.index(n) for n in names]
     cv = cross_fit(val_logits[index], val_labels, data.filenames[fit_rows], L2_GRID if cfg.l2 == "cv" else (float(cfg.l2),),
-                   max_iter=cfg.max_iter)  # fmt: skip
+                   max_iter=cfg.max_iter, biases=cfg.biases, balanced=cfg.balanced)  # fmt: skip
     l2 = cv["l2"]
-    log.info("fusion: penalty %g chosen by %d-fold cross-fitting on val (cross-fitted loss per strength: %s)", l2, cv["folds"],
-             ", ".join(f"{k}: {v:.4f}" for k, v in cv["loss_by_l2"].items()))  # fmt: skip
-    w, b, fit = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter)
+    log.info("fusion: penalty %g chosen by %d-fold cross-fitting on val, folds of whole %ss (cross-fitted loss per strength: %s)",
+             l2, cv["folds"], cv["by"], ", ".join(f"{k}: {v:.4f}" for k, v in cv["loss_by_l2"].items()))  # fmt: skip
+    row_weights = class_balanced(val_labels) if cfg.balanced else None
+    w, b, fit = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter, biases=cfg.biases, row_weights=row_weights)
+    variants = {}
+    for name, (biases, balanced) in VARIANTS.items():
+        vw, vb, _ = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter, biases=biases,
+                               row_weights=class_balanced(val_labels) if balanced else None)
+        variants[name] = (vw, vb)
+    choice = fusion_pays(cv["per_fold"]) if cfg.guard else {"use": "fusion", "why": "--no-guard: the fitted fusion as asked"}
+    log.info("fusion: targets = %s (%s)", choice["use"], choice["why"])
     if not fit.converged:
         log.warning("fusion fit stopped at max_iter=%d (gradient norm %.2e)", cfg.max_iter, fit.grad_norm)
 
     weights = {n: float(v) for n, v in zip(names, w)}
-    results = _evaluate_all(data, names, w, b)
+    results = _evaluate_all(data, names, w, b, variants)
     # val numbers of the fusion, out-of-sample like everyone else's; the in-sample ones kept beside them
     fused_val = evaluate_predictions(cv["logits"].astype(np.float64), val_labels, data.devices[fit_rows], data.classes)
     results["fusion"]["val_in_sample"] = results["fusion"]["val"]
@@ -239,7 +268,11 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
         "penalty": f"{l2} * (||w - 1/T||^2 + ||b||^2)",
         "l2": l2,
         "l2_choice": "cross-fitted on val" if cfg.l2 == "cv" else "given",
-        "crossfit": {"folds": cv["folds"], "loss_by_l2": cv["loss_by_l2"]},
+        "crossfit": {"folds": cv["folds"], "by": cv["by"], "loss_by_l2": cv["loss_by_l2"], "per_fold": cv["per_fold"]},
+        "objective": {"biases": cfg.biases, "class_balanced": cfg.balanced},
+        "targets": choice,
+        "variants": {name: {"weights": dict(zip(names, map(float, vw))), "biases": dict(zip(data.classes, map(float, vb)))}
+                     for name, (vw, vb) in variants.items()},
         "weights": weights,
         "scale": float(np.sum(w)),
         "mix": {n: float(v / np.sum(w)) for n, v in zip(names, w)} if abs(float(np.sum(w))) > 1e-9 else None,
@@ -256,12 +289,14 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
 
 
 def _write_and_log(cfg, run_dir, uri, data, names, chosen, w, b, report, results, weights, selection) -> dict[str, Any]:
+    targets = fuse(chosen, w, b) if report["targets"]["use"] == "fusion" else average(chosen)
     write_targets(
         run_dir, data.filenames, data.splits, data.devices, data.labels,
-        fuse(chosen, w, b), average(chosen), data.classes, names, data.fingerprint,
+        targets, average(chosen), data.classes, names, data.fingerprint,
     )
     write_text_atomic(RunLayout.of(run_dir).fusion_report, json.dumps(report, indent=2))
     print(_table(results, weights))
+    print(f"targets (fused/targets.parquet, column logits): {report['targets']['use']}: {report['targets']['why']}")
 
     params = {k: (",".join(v) if isinstance(v, list) else v) for k, v in asdict(cfg).items()}
     with tracking.run(uri, cfg.experiment, f"fusion-{run_dir.name}", params=params, run_dir=run_dir) as run:
@@ -285,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", type=int, default=d.select, help="greedily keep the K teachers that fuse best on val")
     p.add_argument("--l2", default=d.l2, help="penalty on (w - 1/T) and b: cv (chosen by cross-fitting on val) or a number")
     p.add_argument("--max-iter", type=int, default=d.max_iter)
+    p.add_argument("--no-biases", dest="biases", action="store_false", help="fit the teacher weights only (no per-class biases)")
+    p.add_argument("--plain", dest="balanced", action="store_false",
+                   help="plain CE over the val clips (default: class-balanced, so the fit cannot learn val's class prior)")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="write the fitted fusion even when the grouped cross-fit does not show it beats the average")
     add_shared(p, data=False, experiment=d.experiment, cluster=False)
     return p
 
@@ -296,7 +336,8 @@ def parse_args(argv: list[str] | None) -> FusionConfig:
         l2 = a.l2 if a.l2 == "cv" else float(a.l2)
     except ValueError:
         raise ConfigError(f"--l2 {a.l2!r}: give 'cv' or a number >= 0") from None
-    return FusionConfig(Path(a.run), parse_list(a.teachers, flag="--teachers"), a.select, l2, a.max_iter, a.experiment, a.mlflow_uri)
+    return FusionConfig(Path(a.run), teachers=parse_list(a.teachers, flag="--teachers"), select=a.select, l2=l2, max_iter=a.max_iter,
+                        experiment=a.experiment, mlflow_uri=a.mlflow_uri, biases=a.biases, balanced=a.balanced, guard=a.guard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """The DIR / Auto-DIR impulse-response bank a training run uses, and the Auto-DIR threshold it gates on.
 
 Two rules keep DIR honest:
-- the bank never holds a response that simulates an unseen test device. A synthetic dataset made with
-  `--dirs` lists those files in its synth.json (`unseen_device_irs`); they are left out here, by name, and
-  the log says which. Otherwise DIR would train on the exact responses of s4-s6.
+- the bank never holds a response that simulates an unseen test device. A dataset made by `data synth` or
+  `data tauify` with `--dirs` lists those files in its synth.json / tauify.json (`unseen_device_irs`); they are
+  left out here, by name, and the log says which. Otherwise DIR would train on the exact responses of s4-s6.
 - with no `--dirs`, the bank is generated: `GENERATED_IRS` microphone-like responses drawn the way the
   synthetic seen devices are (`asc_dist.data.devices`), from a stream of their own, so none of them is one
   that simulates s4-s6 (or any dataset device). The paper's recipe then runs without external files.
@@ -32,15 +32,21 @@ GENERATED_SOURCE = "generated"
 ENERGY_SAMPLE = 4000  # device-a clips read to estimate tau (a sample is enough for a mean)
 
 
+DATASET_MANIFESTS = ("synth.json", "tauify.json")  # written by asc_dist/data/synth.py and asc_dist/data/tauify.py
+
+
 def held_out_irs(dataset_root: str | Path | None) -> list[str]:
-    """Names of the impulse responses that simulate unseen test devices (from a synthetic dataset's synth.json)."""
+    """Names of the impulse responses that simulate unseen test devices, from the manifest of a dataset that
+    `data synth --dirs` or `data tauify --dirs` made (`unseen_device_irs`)."""
     if not dataset_root:
         return []
-    path = Path(dataset_root) / "synth.json"
-    try:
-        return list(json.loads(path.read_text()).get("unseen_device_irs", []))
-    except (OSError, json.JSONDecodeError):
-        return []
+    names: list[str] = []
+    for manifest in DATASET_MANIFESTS:
+        try:
+            names += json.loads((Path(dataset_root) / manifest).read_text()).get("unseen_device_irs", [])
+        except (OSError, json.JSONDecodeError):
+            continue
+    return names
 
 
 def generated_bank(sample_rate: int, n: int = GENERATED_IRS, seed: int = 0) -> ImpulseResponseBank:
