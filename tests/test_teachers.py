@@ -206,3 +206,34 @@ def test_ddp_ranks_stay_distinct_after_a_restart(synth_store, roster):
     torch.set_rng_state(state["rng"])
     assert torch.equal(draws[0], torch.rand(4))  # rank 0: exactly where it stopped
     assert not torch.equal(draws[0], draws[1])  # rank 1: its own stream, not rank 0's
+
+
+def test_out_of_fold_targets_come_from_the_fold_that_did_not_train_on_the_clip(ray_session, synth_root, synth_store, tmp_path):
+    """`--folds 2`: two trials per teacher, each without one fold of whole locations; a training clip's logits are
+    those of the fold model that never saw it, val and test logits the mean over the two."""
+    from asc_dist.data.table import group_folds
+    from asc_dist.run.layout import RunLayout
+
+    roster = tmp_path / "one.yaml"
+    roster.write_text("defaults: {size: tiny, epochs: 1, lr: 0.002, batch_size: 16}\nteachers:\n  - {name: cpr, family: cpresnet, seed: 1}\n")
+    run = tmp_path / "run"
+    cfg = TeachersConfig(run_dir=str(run), data=DataConfig(root=str(synth_root)), roster=str(roster), cpus_per_teacher=1, folds=2)
+    rows = run_teachers(cfg)
+    assert [r["teacher"] for r in rows] == ["cpr"] and rows[0]["folds"] == 2
+    oof = load_teachers(run, ["cpr"])
+    parts = load_teachers(RunLayout.of(run).folds_dir, ["cpr.fold0", "cpr.fold1"])
+    assert sorted(oof.filenames.tolist()) == sorted(synth_store.table().filename.tolist())  # complete: every clip once
+    np.testing.assert_array_equal(oof.filenames, parts.filenames)
+    train = synth_store.split("train", 0.15, 0).table
+    fold_of = dict(zip(train.filename.tolist(), group_folds(train.identifier, 2).tolist()))
+    is_train = oof.splits == "train"
+    held = np.array([fold_of[f] for f in oof.filenames[is_train]])
+    assert set(held.tolist()) == {0, 1}
+    np.testing.assert_array_equal(oof.logits[0][is_train], parts.logits[held, np.flatnonzero(is_train)])
+    assert not np.array_equal(parts.logits[0][is_train], parts.logits[1][is_train])  # two different models
+    np.testing.assert_allclose(oof.logits[0][~is_train], parts.logits[:, ~is_train].mean(axis=0), rtol=1e-6)
+    meta = read_teacher_meta(teacher_logits_path(run, "cpr"))
+    assert meta.config["out_of_fold"] and meta.config["folds"] == 2
+    before = teacher_logits_path(run, "cpr").stat().st_mtime_ns
+    run_teachers(cfg)  # a rerun finds the teacher done and trains nothing
+    assert teacher_logits_path(run, "cpr").stat().st_mtime_ns == before

@@ -176,6 +176,15 @@ class ClipTable:
         return out
 
 
+def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0..k-1) per row, whole groups (recording locations) per fold, seeded: the same groups give
+    the same folds wherever they are computed (a fold trial and the step that combines the folds)."""
+    unique = sorted(set(np.asarray(groups).tolist()))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
+    return np.array([fold_of[g] for g in np.asarray(groups).tolist()], dtype=np.int64)
+
+
 def carve_validation(identifier: np.ndarray, label: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of training rows moved to validation: whole recording locations, per scene.
 

@@ -71,7 +71,9 @@ def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarra
 
 
 def make_loss(cfg: StudentConfig, teacher: np.ndarray | None, device: torch.device):
-    if teacher is None:
+    """The label CE alone without targets, and with lambda 1 (the KD term's weight is 1 - lambda = 0): then the
+    student is the no-KD student bit for bit, which is what lets a study compare the two arms cleanly."""
+    if teacher is None or cfg.kd_lambda == 1.0:
         return cross_entropy_loss
     teacher_t = torch.from_numpy(teacher).to(device)
 

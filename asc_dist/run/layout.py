@@ -79,6 +79,11 @@ class RunLayout:
         return self.root / f".failed-once-{teacher}"
 
     @property
+    def folds_dir(self) -> Path:
+        """Out-of-fold teachers (teachers --folds K): one run-like folder of per-fold logits and checkpoints."""
+        return self.root / "folds"
+
+    @property
     def fused_dir(self) -> Path:
         return self.root / "fused"
 

@@ -26,6 +26,7 @@ from asc_dist.run.diskspace import DiskFullError, existing_parent, require_free
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
 from asc_dist.run.logits import read_teacher_meta, teacher_logits_path
+from asc_dist.teach.folds import combine_folds, fold_trials, with_folds
 from asc_dist.teach.roster import TeacherConfig, load_roster, take
 from asc_dist.teach.trial import TeacherRunContext
 from asc_dist.training.trainer import AMP_MODES, check_amp
@@ -59,6 +60,7 @@ class TeachersConfig:
     fail_once: str | None = None  # test-only: this teacher's trial fails once after its first checkpoint
     progress_s: float = 30.0  # a progress line inside each epoch at least this often
     amp: str = "bf16"  # bf16 autocast of each model's forward on a GPU, or "off" (fp32)
+    folds: int = 0  # K > 1: out-of-fold targets, K trials per teacher (asc_dist/teach/folds.py)
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -131,6 +133,10 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     roster = with_weights(roster, {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})})
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
+    if cfg.folds == 1 or cfg.folds < 0:
+        raise ConfigError(f"--folds must be 0 (off) or at least 2, got {cfg.folds}")
+    if cfg.folds:
+        roster = with_folds(roster, cfg.folds)
     check_amp(cfg.amp)
     cfg.data.check()
     roster = validate_teachers(roster, cfg.data.dirs)
@@ -153,7 +159,7 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
     errors: dict[str, str | None] = {}
     if todo:
         clips = sum(store.manifest["splits"].values())
-        require_free(run_dir, len(todo) * (2 * clips * len(store.classes) * 4 + CHECKPOINT_ALLOWANCE),
+        require_free(run_dir, len(todo) * max(1, cfg.folds) * (2 * clips * len(store.classes) * 4 + CHECKPOINT_ALLOWANCE),
                      f"{len(todo)} teacher(s) (logits, epoch checkpoints, MLflow)", "free space there or pass --run to a disk with room")
         ctx = TeacherRunContext(
             run_dir=str(run_dir), store=str(store.path.resolve()), val_fraction=cfg.data.val_fraction,
@@ -164,17 +170,25 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
         )
         from asc_dist.teach.trial import teacher_checkpoint
 
+        trials, trial_ctx, trial_dir = todo, ctx, run_dir
+        if cfg.folds:  # K trials per teacher, their logits in RUN/folds/ until combined
+            trial_dir = RunLayout.of(run_dir).folds_dir
+            trial_ctx = replace(ctx, run_dir=str(trial_dir))
+            trials = [ft for t in todo for ft in fold_trials(t) if cfg.force or not is_done(trial_dir, ft, store.fingerprint, carve)]
         if cfg.force:
-            for t in todo:
-                teacher_checkpoint(t, ctx).clear()  # --force retrains from epoch 1
+            for t in trials:
+                teacher_checkpoint(t, trial_ctx).clear()  # --force retrains from epoch 1
         # MLflow's store (created once, before trials race to migrate it; runs a killed driver left RUNNING marked)
         # is readied in a thread while Ray starts: both are seconds of waiting on every call
         with ThreadPoolExecutor(1) as pool:
             store_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
-            results, errors = _tune(todo, ctx, cfg, run_dir, store_ready)
-        for t in todo:
+            results, errors = _tune(trials, trial_ctx, cfg, trial_dir, store_ready) if trials else ({}, {})
+        for t in trials:
             if t.name in results:
-                teacher_checkpoint(t, ctx).clear()  # the logits file is what marks a teacher done
+                teacher_checkpoint(t, trial_ctx).clear()  # the logits file is what marks a teacher done
+        if cfg.folds:
+            results = {t.name: combine_folds(run_dir, t, store, cfg.data.val_fraction, cfg.data.val_seed, store.fingerprint)
+                       for t in todo if all(is_done(trial_dir, ft, store.fingerprint, carve) for ft in fold_trials(t))}
     rows = _manifest(run_dir, roster, results, store.fingerprint)
     print(format_summary(rows))
     failed = [t.name for t in todo if t.name not in results]
@@ -246,7 +260,7 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
     keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
-            "clips_per_s", "node_id", "node_ip", "epochs_trained")
+            "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}
@@ -285,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries per trial")
     p.add_argument("--progress-s", type=float, default=d.progress_s, help="a progress line (clips/s, ETAs) inside each epoch at least this often")
     p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
+    p.add_argument("--folds", type=int, default=d.folds,
+                   help="K >= 2: out-of-fold targets: each teacher trained K times without one fold of whole locations; a training "
+                        "clip's logits come from the fold model that never saw it, val/test logits are the mean over folds")
     p.add_argument("--force", action="store_true", help="retrain teachers whose logits exist")
     p.add_argument("--fail-once", default=None, help=argparse.SUPPRESS)  # test-only failure injection
     add_deprecated(p, "--out", "--run", dest="run")
@@ -303,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,
-        progress_s=args.progress_s, amp=args.amp,
+        progress_s=args.progress_s, amp=args.amp, folds=args.folds,
     )
     run_teachers(cfg)
     return 0

@@ -40,13 +40,18 @@ class TeacherConfig:
     s_patchout_t: int = 0
     weights: str | None = None  # local checkpoint (PaSST: AudioSet or fine-tuned weights)
     context_s: int = 1  # seconds of its own recording the teacher hears per clip (asc_dist.training.context); 1 = the clip
+    folds: int = 0  # K > 1: out-of-fold targets (teachers --folds K, asc_dist/teach/folds.py)
+    fold: int = -1  # the fold this trial holds out (0..K-1); -1: the teacher as a whole
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def config_hash(self) -> str:
-        """Identity of what this teacher learns from; `weights` counts by path."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Identity of what this teacher learns from; `weights` counts by path (no folds: as before folds existed)."""
+        d = self.to_dict()
+        if self.folds == 0:
+            d.pop("folds"), d.pop("fold")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _FIELDS = {f.name for f in fields(TeacherConfig)}

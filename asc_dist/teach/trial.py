@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from asc_dist.data.store import WaveformStore
+from asc_dist.data.table import group_folds
 from asc_dist.infra import tracking
 from asc_dist.nets.features import FRONT_ENDS, LogMel
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
@@ -95,6 +96,9 @@ def teacher_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformSto
     world-th training clip (data-parallel workers), `wrap` wraps the model (e.g. DDP)."""
     torch.set_num_threads(max(1, ctx.threads))
     train, val = store.split("train", ctx.val_fraction, ctx.val_seed), store.split("val", ctx.val_fraction, ctx.val_seed)
+    if t.folds > 1:  # an out-of-fold trial: trains on the training split less its held-out fold of whole locations
+        keep = group_folds(train.table.identifier, t.folds) != t.fold
+        train = replace(train, table=train.table.take(keep), rows=train.rows[keep])
     k = teacher_context_parts(t, store)
     train, val = with_context(train, k), with_context(val, k)
     if shard is not None:
