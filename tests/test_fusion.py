@@ -224,3 +224,19 @@ def test_the_run_reports_every_variant_and_which_targets_it_wrote(tmp_path, mlfl
     targets = load_targets(run_dir / "fused" / "targets.parquet")
     if report["targets"]["use"] == "average":
         np.testing.assert_array_equal(targets.logits, load_targets(run_dir / "fused" / "targets.parquet", column="average").logits)
+
+
+def test_target_quality_reports_softness_per_split(tmp_path, mlflow_uri):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
+    from target_quality import quality
+
+    run_dir = make_run(tmp_path / "run", signals=[3.0, 0.4])
+    run_fusion(FusionConfig(run_dir, mlflow_uri=mlflow_uri))
+    q = quality(run_dir, 2.0)
+    assert set(q) == {"t0", "t1", "targets (fused column)", "average"}
+    for name, by_split in q.items():
+        assert set(by_split) == {"train", "val", "test"}
+        for temps in by_split.values():
+            assert temps["T=1"]["top_p"] >= temps["T=2"]["top_p"]  # a higher temperature can only soften
+            assert 0.0 <= temps["T=1"]["acc"] <= 1.0
+    assert q["t0"]["test"]["T=1"]["acc"] > q["t1"]["test"]["T=1"]["acc"]  # the stronger teacher is the better one
