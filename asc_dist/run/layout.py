@@ -28,6 +28,7 @@ FIT_SPLIT = "val"  # the split the fusion is fitted on: its targets are in-sampl
 STUDENT_CHECKPOINT = "model.pt"
 STUDENT_INT8 = "model_int8.pt"
 STUDENT_RESULT = "result.json"
+STUDENT_ONNX = "model.onnx"  # python -m asc_dist.export --onnx (its int8 sibling: model_int8.onnx)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,19 @@ class RunLayout:
     @property
     def study_dir(self) -> Path:
         return self.root / "study"
+
+    @property
+    def study_state(self) -> Path:
+        """The study's MLflow parent run per table, reopened when a killed study is resumed."""
+        return self.study_dir / "state.json"
+
+    @property
+    def study_results(self) -> Path:
+        return self.study_dir / "results"
+
+    def study_job(self, job: str) -> Path:
+        """One trained student of the study (what a rerun reuses)."""
+        return self.study_results / f"{job}.json"
 
     @property
     def study_md(self) -> Path:

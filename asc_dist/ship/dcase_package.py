@@ -14,7 +14,7 @@ from pathlib import Path
 
 from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import atomic_path
-from asc_dist.run.layout import STUDENT_CHECKPOINT
+from asc_dist.run.layout import STUDENT_CHECKPOINT, STUDENT_INT8
 
 SETUP = '''from setuptools import find_packages, setup
 
@@ -42,7 +42,7 @@ def write_dcase_package(label: str, student: str | Path, out: str | Path) -> Pat
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9]+_task1", label):
         raise ConfigError(f"--dcase-package {label!r}: a DCASE label looks like Surname_INSTITUTION_task1")
     student = Path(student)
-    int8_file = student / "model_int8.pt"
+    int8_file = student / STUDENT_INT8
     meta = read_metadata(int8_file) if int8_file.is_file() else None
     if meta is None:
         raise ConfigError(f"{student} has no int8 export with metadata (model_int8.pt); train the student with --qat-epochs first")

@@ -28,7 +28,7 @@ import torch
 from asc_dist.cli import add_data, add_deprecated, add_verbose, parse_requiring, quiet_third_party, setup_logging
 from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import atomic_path
-from asc_dist.run.layout import STUDENT_CHECKPOINT
+from asc_dist.run.layout import STUDENT_CHECKPOINT, STUDENT_ONNX
 
 log = logging.getLogger("asc_dist.export")
 TOLERANCE = 1e-3  # max |logit| difference onnxruntime fp32 vs torch (float rounding in the STFT and matmuls)
@@ -83,7 +83,7 @@ def export_onnx(cfg: ExportConfig) -> dict:
 
     checkpoint = _checkpoint(cfg.model)
     shipped = load_model(str(checkpoint))  # the fp32 student with its front end, and its metadata
-    out = Path(cfg.out) if cfg.out else checkpoint.with_name("model.onnx")
+    out = Path(cfg.out) if cfg.out else checkpoint.with_name(STUDENT_ONNX)
     clips = _clips(cfg.store, checkpoint, cfg.calib_clips)
     meta = {"classes": json.dumps(shipped.classes), "sample_rate": str(shipped.sample_rate), "clip_samples": str(shipped.clip_samples),
             "input": "waves: float32 mono [batch, samples] at sample_rate", "output": "logits [batch, classes]"}

@@ -105,9 +105,8 @@ def run_study(cfg: StudyConfig) -> dict:
     cfg = replace(cfg, data=replace(cfg.data, store=str(store.path)))
     best = best_single_teacher(run_dir)
     plan = rows(profile, best)
-    folder = RunLayout.of(run_dir).study_dir
-    (folder / "results").mkdir(parents=True, exist_ok=True)
-    state_path = folder / "state.json"
+    layout.study_results.mkdir(parents=True, exist_ok=True)
+    state_path = layout.study_state
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -124,7 +123,7 @@ def run_study(cfg: StudyConfig) -> dict:
         for row in plan:
             for seed in profile.seeds:
                 jobs.setdefault(_job_id(row, seed, profile), (row, seed))
-        todo = {j: rs for j, rs in jobs.items() if not (folder / "results" / f"{j}.json").is_file()}
+        todo = {j: rs for j, rs in jobs.items() if not layout.study_job(j).is_file()}
         log.info("study: %d rows x %d seeds = %d students, %d to train (%d done before)", len(plan), len(profile.seeds),
                  len(jobs), len(todo), len(jobs) - len(todo))  # fmt: skip
         if todo:
@@ -136,7 +135,7 @@ def run_study(cfg: StudyConfig) -> dict:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 j = pending.pop(ready[0])
                 result = ray.get(ready[0])
-                write_text_atomic(folder / "results" / f"{j}.json", json.dumps({**result, "seed": jobs[j][1]}, default=str))
+                write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": jobs[j][1]}, default=str))
                 done += 1
                 elapsed = time.perf_counter() - start
                 log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, len(todo), jobs[j][0].label,
@@ -144,7 +143,7 @@ def run_study(cfg: StudyConfig) -> dict:
         row_results = []
         for row in plan:
             ids = [_job_id(row, s, profile) for s in profile.seeds]
-            res = [json.loads((folder / "results" / f"{j}.json").read_text()) for j in ids]
+            res = [json.loads(layout.study_job(j).read_text()) for j in ids]
             row_results.append({"table": row.table, "label": row.label, "changes": dict(row.changes), "seeds": list(profile.seeds), "results": res})
         summary = report.summarise(row_results)
         comparisons = {
