@@ -104,11 +104,11 @@ def add_shared(p: argparse.ArgumentParser, *, data: bool = True, experiment: str
     add_verbose(p)
 
 
-def data_config(args: argparse.Namespace, **fields):
-    """The DataConfig the data group's flags name (other fields from the dataclass or `fields`)."""
+def data_config(args: argparse.Namespace):
+    """The DataConfig the data group's flags name (its other fields at the dataclass's defaults)."""
     from asc_dist.data.prepare import DataConfig
 
-    return DataConfig(root=args.data, store=args.store, dirs=args.dirs, val_fraction=args.val_fraction, **fields)
+    return DataConfig(root=args.data, store=args.store, dirs=args.dirs, val_fraction=args.val_fraction)
 
 
 def parse_requiring(parser: argparse.ArgumentParser, argv: list[str] | None, *flags: str) -> argparse.Namespace:

@@ -13,17 +13,17 @@ import torchaudio
 
 from asc_dist.errors import DatasetError
 
+TAU_FIX = "re-extract it from the dataset archive or drop it from meta.csv and the fold files"
 
-def read_mono(path: Path) -> tuple[np.ndarray, int]:
-    """Read one wav as float32 mono (channels averaged); a broken file raises DatasetError naming it."""
+
+def read_mono(path: Path, fix: str = TAU_FIX) -> tuple[np.ndarray, int]:
+    """Read one audio file as float32 mono (channels averaged); a broken file raises DatasetError naming it and `fix`."""
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
-        raise DatasetError(
-            f"cannot decode {path} ({exc}); re-extract it from the dataset archive or drop it from meta.csv and the fold files"
-        ) from None
+        raise DatasetError(f"cannot decode {path} ({exc}); {fix}") from None
     if audio.size == 0:
-        raise DatasetError(f"{path} holds no audio frames; re-extract it or drop it from the csv files")
+        raise DatasetError(f"{path} holds no audio frames; {fix}")
     return audio.mean(axis=1), sr
 
 

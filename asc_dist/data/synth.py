@@ -54,6 +54,7 @@ from asc_dist.data.scenes import (
     perturb_style,
     render_scene,
 )
+from asc_dist.data.table import write_layout
 from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import atomic_path
 from asc_dist.run.diskspace import full_disk_means
@@ -241,10 +242,6 @@ def _write_wav(path: Path, x: np.ndarray, sr: int, subtype: str) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def _write_tsv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
-
-
 def generate(
     out_dir: str | Path, cfg: SynthConfig | None = None, progress: Callable[[int, int], None] | None = None
 ) -> SynthSummary:
@@ -290,11 +287,7 @@ def generate(
             if done % max(1, len(segments) // 10) == 0 or done == len(segments):
                 log.info("synth: %d/%d segments, %d clips", done, len(segments), len(meta))
         meta.sort()
-        _write_tsv(tmp / "meta.csv", ("filename", "scene_label", "identifier", "source_label"), meta)
-        fold = lambda split: [(m[0], m[1]) for m in meta if splits[m[0]] == split]  # noqa: E731
-        _write_tsv(tmp / "evaluation_setup" / "fold1_train.csv", ("filename", "scene_label"), fold("train"))
-        _write_tsv(tmp / "evaluation_setup" / "fold1_evaluate.csv", ("filename", "scene_label"), fold("test"))
-        _write_tsv(tmp / "evaluation_setup" / "fold1_test.csv", ("filename",), [(f,) for f, _ in fold("test")])
+        write_layout(tmp, meta, splits)
         held_out = sorted({devices[d].source for d in UNSEEN_DEVICES if cfg.dirs})
         if held_out:
             log.info("synth: impulse responses of the unseen devices, left out of any DIR bank: %s", ", ".join(held_out))

@@ -176,6 +176,20 @@ class ClipTable:
         return out
 
 
+def write_layout(root: Path, meta: list[tuple[str, str, str, str]], split_of: dict[str, str]) -> None:
+    """Write what `read_layout` reads: meta.csv (filename, scene_label, identifier, source_label, in the order
+    given) and evaluation_setup/fold1_{train,evaluate,test}.csv from each clip's split ("train" or "test")."""
+    def tsv(path: Path, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+        path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+
+    (root / "evaluation_setup").mkdir(parents=True, exist_ok=True)
+    tsv(root / "meta.csv", ("filename", "scene_label", "identifier", "source_label"), meta)
+    fold = {split: [(m[0], m[1]) for m in meta if split_of[m[0]] == split] for split in ("train", "test")}
+    tsv(root / "evaluation_setup" / "fold1_train.csv", ("filename", "scene_label"), fold["train"])
+    tsv(root / "evaluation_setup" / "fold1_evaluate.csv", ("filename", "scene_label"), fold["test"])
+    tsv(root / "evaluation_setup" / "fold1_test.csv", ("filename",), [(f,) for f, _ in fold["test"]])
+
+
 def group_folds(groups: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Fold index (0..k-1) per row, whole groups (recording locations) per fold, seeded: the same groups give
     the same folds wherever they are computed (a fold trial and the step that combines the folds)."""

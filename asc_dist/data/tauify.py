@@ -32,7 +32,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as taf
 
+from asc_dist.data.decode import read_mono
 from asc_dist.data.devices import load_irs
+from asc_dist.data.table import write_layout
 from asc_dist.errors import ConfigError, DatasetError
 from asc_dist.run.atomic import atomic_path
 from asc_dist.run.diskspace import full_disk_means
@@ -159,17 +161,10 @@ def split_by_group(recs: list[Recording], cfg: TauifyConfig) -> None:
             r.segment = i
 
 
-def read_mono(path: Path, sr: int) -> np.ndarray:
-    try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as exc:
-        raise DatasetError(f"{path}: cannot read it as audio ({str(exc).splitlines()[0][:120]}); replace it or remove its row") from None
-    if data.shape[0] == 0:
-        raise DatasetError(f"{path}: holds no samples; replace it or remove its row")
-    wave = torch.from_numpy(data.mean(axis=1))
-    if file_sr != sr:
-        wave = taf.resample(wave, file_sr, sr)
-    return wave.numpy()
+def read_resampled(path: Path, sr: int) -> np.ndarray:
+    """The recording as float32 mono at `sr` (asc_dist/data/decode.py reads it; a broken file names itself)."""
+    wave, file_sr = read_mono(path, fix="replace it or remove its row from the labels CSV")
+    return wave if file_sr == sr else taf.resample(torch.from_numpy(wave), file_sr, sr).numpy()
 
 
 def cut_parts(wave: np.ndarray, part: int) -> tuple[list[np.ndarray], bool]:
@@ -197,13 +192,6 @@ def assign_devices(cfg: TauifyConfig) -> dict[str, tuple[str, np.ndarray] | None
     return devices
 
 
-def _write_tsv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
-
-
 def tauify(cfg: TauifyConfig) -> TauifySummary:
     cfg.check()
     out = Path(cfg.out)
@@ -216,43 +204,40 @@ def tauify(cfg: TauifyConfig) -> TauifySummary:
         log.info("tauify: no --dirs, so device %s only (give --dirs for training and unseen device variants)", BASE_DEVICE)
     city = _token(cfg.city or Path(cfg.src).resolve().name)
     part = round(cfg.part_s * cfg.sample_rate)
-    meta, folds = [], {"train": [], "test": []}
+    meta, split_of = [], {}
     dropped, skipped, start, last_log = 0, [], time.monotonic(), time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     full = f"the disk under {out.parent} filled up while writing {out}; the partial dataset was removed. Free space there or give OUT on a disk with room"
     with full_disk_means(full), atomic_path(out) as tmp:
         (tmp / "audio").mkdir(parents=True)
         for n, rec in enumerate(recs, start=1):
-            wave = read_mono(rec.path, cfg.sample_rate)
+            wave = read_resampled(rec.path, cfg.sample_rate)
             if len(wave) < part:
                 if not cfg.skip_short:
                     raise DatasetError(f"{rec.path}: {len(wave) / cfg.sample_rate:.2f} s is shorter than one part ({cfg.part_s:g} s); "
                                        "remove its row, pass --skip-short, or a shorter --part-s")
                 skipped.append(str(rec.path))
                 continue
-            split = "test" if rec.test else "train"
             names = [BASE_DEVICE, *cfg.train_devices, *(cfg.test_devices if rec.test else ())] if cfg.dirs else [BASE_DEVICE]
+            identifier = f"{city}-{_token(rec.group)}"
+            stem = f"{_token(rec.label)}-{identifier}-{rec.segment}"
             for device in names:
                 ir = devices[device]
                 variant = wave if ir is None else taf.fftconvolve(torch.from_numpy(wave), torch.from_numpy(ir[1].astype(np.float32)))[: len(wave)].numpy()
                 parts, tail_dropped = cut_parts(variant, part)
                 dropped += tail_dropped and device == BASE_DEVICE
-                stem = f"{_token(rec.label)}-{city}-{_token(rec.group)}-{rec.segment}"
                 for k, piece in enumerate(parts):
                     name = f"audio/{stem}-{k}-{device}.wav"
                     sf.write(str(tmp / name), np.clip(piece, -1.0, 1.0), cfg.sample_rate, subtype="PCM_16")
-                    meta.append((name, rec.label, f"{city}-{_token(rec.group)}", device))
-                    folds[split].append((name, rec.label))
+                    meta.append((name, rec.label, identifier, device))
+                    split_of[name] = "test" if rec.test else "train"
             if time.monotonic() - last_log > 10 or n == len(recs):
                 rate = n / max(time.monotonic() - start, 1e-9)
                 log.info("tauify: %d/%d recordings, %d clips | %.1f recordings/s | ETA %.0f s", n, len(recs), len(meta), rate, (len(recs) - n) / rate)
                 last_log = time.monotonic()
-        _write_tsv(tmp / "meta.csv", ("filename", "scene_label", "identifier", "source_label"), meta)
-        (tmp / "evaluation_setup").mkdir()
-        _write_tsv(tmp / "evaluation_setup" / "fold1_train.csv", ("filename", "scene_label"), folds["train"])
-        _write_tsv(tmp / "evaluation_setup" / "fold1_evaluate.csv", ("filename", "scene_label"), folds["test"])
-        _write_tsv(tmp / "evaluation_setup" / "fold1_test.csv", ("filename",), [(f,) for f, _ in folds["test"]])
-        summary = TauifySummary(str(out), len(recs) - len(skipped), {s: len(v) for s, v in folds.items()},
+        write_layout(tmp, meta, split_of)
+        clips = {s: sum(v == s for v in split_of.values()) for s in ("train", "test")}
+        summary = TauifySummary(str(out), len(recs) - len(skipped), clips,
                                 {d: (ir[0] if ir else None) for d, ir in devices.items()}, int(dropped), skipped)
         manifest = {"generator": "asc_dist.data.tauify", "config": asdict(cfg), "summary": asdict(summary),
                     "unseen_device_irs": sorted(devices[d][0] for d in cfg.test_devices if devices.get(d)),

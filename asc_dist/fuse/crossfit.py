@@ -1,5 +1,6 @@
-"""Honest numbers for the fusion: cross-fitting over folds of whole recordings (each fold scored by a fit on the
-others) chooses the penalty strength, and greedy forward selection of teachers."""
+"""Honest numbers for the fusion: cross-fitting over folds of whole locations (or recordings; each fold scored by
+a fit on the others) chooses the penalty strength and weighs the fusion against the average, and greedy forward
+selection of teachers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from asc_dist.data.table import group_folds
 from asc_dist.errors import ConfigError
 from asc_dist.fuse.fit import average, class_balanced, fit_fusion, fuse
 
@@ -25,20 +27,17 @@ def location_of(filename: str) -> str:
     return "-".join(fields[1:3]) if part is not None and len(fields) >= 4 else key
 
 
-def group_folds(filenames: np.ndarray, k: int, by: str = "location") -> np.ndarray:
-    """Fold index per clip, seeded, with whole groups per fold: `location` (as the test split is cut: a fold
-    then holds places no fit has heard, the shift a new city brings) or `recording` (clips of one recording
-    are near-duplicates). Falls back to recordings when the clips come from fewer than two locations."""
+def clip_folds(filenames: np.ndarray, k: int, by: str = "location") -> tuple[np.ndarray, str]:
+    """(fold index per clip, the grouping used): whole groups per fold, seeded (asc_dist.data.table.group_folds).
+    `location` is how the test split is cut (a fold then holds places no fit has heard, the shift a new city
+    brings); `recording` keeps near-duplicate clips together. Falls back to recordings when the clips come from
+    fewer than two locations."""
     from asc_dist.training.context import recording_of
 
-    keys = np.array([location_of(str(f)) if by == "location" else recording_of(str(f))[0] for f in filenames], dtype=object)
-    if by == "location" and len(set(keys.tolist())) < 2:
-        return group_folds(filenames, k, by="recording")
-    unique = np.array(sorted(set(keys.tolist())), dtype=object)
-    order = np.random.default_rng(0).permutation(len(unique))
-    k = min(k, max(2, len(unique)))
-    fold_of = {key: i % k for i, key in enumerate(unique[order])}
-    return np.array([fold_of[key] for key in keys])
+    keys = [location_of(str(f)) if by == "location" else recording_of(str(f))[0] for f in filenames]
+    if by == "location" and len(set(keys)) < 2:
+        return clip_folds(filenames, k, by="recording")
+    return group_folds(np.array(keys, dtype=object), min(k, max(2, len(set(keys))))), by
 
 
 def ce(z: np.ndarray, labels: np.ndarray, row_weights: np.ndarray | None = None) -> float:
@@ -54,7 +53,7 @@ def cross_fit(logits: np.ndarray, labels: np.ndarray, filenames: np.ndarray, l2_
     """Out-of-sample fused logits for every fit row (each fold scored by a fit on the others), per penalty
     strength; returns the strength with the lowest cross-fitted loss, its logits, the loss per strength, and
     per fold the fused and the averaged loss on that fold (what `fusion_pays` weighs)."""
-    folds = group_folds(filenames, k, by)
+    folds, grouped_by = clip_folds(filenames, k, by)
     weights = class_balanced(labels) if balanced else None
     losses, best = {}, None
     for l2 in l2_grid:
@@ -75,7 +74,7 @@ def cross_fit(logits: np.ndarray, labels: np.ndarray, filenames: np.ndarray, l2_
         per_fold.append({"fold": int(f), "clips": int(held.sum()), "fused_loss": ce(best[1][held], labels[held], rw),
                          "average_loss": ce(avg[held], labels[held], rw)})
     return {"l2": best[0], "logits": best[1], "loss_by_l2": {str(k_): v for k_, v in losses.items()},
-            "folds": int(folds.max() + 1), "by": by if len(per_fold) > 1 else "recording", "per_fold": per_fold}
+            "folds": int(folds.max() + 1), "by": grouped_by, "per_fold": per_fold}
 
 
 def fusion_pays(per_fold: list[dict]) -> dict[str, Any]:

@@ -245,6 +245,9 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
     w, b, fit = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter, biases=cfg.biases, row_weights=row_weights)
     variants = {}
     for name, (biases, balanced) in VARIANTS.items():
+        if (biases, balanced) == (cfg.biases, cfg.balanced):  # the fit above is this variant
+            variants[name] = (w, b)
+            continue
         vw, vb, _ = fit_fusion(val_logits[index], val_labels, l2, cfg.max_iter, biases=biases,
                                row_weights=class_balanced(val_labels) if balanced else None)
         variants[name] = (vw, vb)

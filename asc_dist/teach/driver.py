@@ -196,7 +196,8 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
         raise DiskFullError(f"teacher(s) {', '.join(failed)} stopped: the disk under {run_dir} is full (No space left on device); "
                             "free space there or pass --run to a disk with room, then run the same command: finished teachers are kept")
     if failed:
-        raise ConfigError(f"teacher(s) {', '.join(failed)} failed after {cfg.max_failures} retries; see the log in {run_dir / 'ray_results'}")
+        log_dir = RunLayout.of(RunLayout.of(run_dir).folds_dir if cfg.folds else run_dir).ray_results
+        raise ConfigError(f"teacher(s) {', '.join(failed)} failed after {cfg.max_failures} retries; see the log in {log_dir}")
     return rows
 
 
