@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -79,3 +80,20 @@ def test_paired_difference_is_seed_by_seed():
 def test_a_run_without_targets_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="teachers and fused targets"):
         run_study(StudyConfig(run_dir=str(tmp_path)))
+
+
+def test_rows_and_preset_pick_and_key_the_students(study):
+    """`--tables KD --rows ... --preset sm1` trains only the named rows, as sm1, under ids of their own."""
+    run, cfg, _ = study
+    before = set((run / "study" / "results").iterdir())
+    payload = run_study(replace(cfg, tables=("KD",), rows=("no KD", "fused T1"), preset="sm1", seeds=1))
+    assert [r["label"] for r in payload["rows"]] == ["no KD", "fused T1"]
+    new = set((run / "study" / "results").iterdir()) - before
+    assert len(new) == 2  # the sm1 no-KD student is not the sm2 one of Table IV
+    results = [json.loads(p.read_text()) for p in new]
+    assert {r["preset"] for r in results} == {"sm1"} and sorted(r["temperature"] for r in results) == [1.0, 2.0]
+    assert "Table KD" in (run / "study.md").read_text()
+    with pytest.raises(ConfigError, match="matches no row"):
+        run_study(replace(cfg, rows=("bogus",)))
+    with pytest.raises(ConfigError, match="not a dsflexinet preset"):
+        run_study(replace(cfg, preset="sm9"))

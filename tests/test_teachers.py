@@ -237,3 +237,32 @@ def test_out_of_fold_targets_come_from_the_fold_that_did_not_train_on_the_clip(r
     before = teacher_logits_path(run, "cpr").stat().st_mtime_ns
     run_teachers(cfg)  # a rerun finds the teacher done and trains nothing
     assert teacher_logits_path(run, "cpr").stat().st_mtime_ns == before
+
+
+def test_saved_weights_score_like_the_logits_and_teach_online(trained):
+    """RUN/teachers/NAME/model.pt rebuilds the teacher: on clean clips it gives the stored logits, and a student
+    trained with `--targets online:NAME` learns from it batch by batch (the KD term is logged)."""
+    import torch
+
+    from asc_dist.distill.config import StudentConfig, build_student_model
+    from asc_dist.distill.online import load_online_teacher
+    from asc_dist.distill.recipe import student_trainer
+    from asc_dist.errors import ConfigError
+
+    run, cfg, _, store = trained
+    score = load_online_teacher(str(run), "cpr", store.classes, store.sample_rate, torch.device("cpu"))
+    val = store.split("val", cfg.data.val_fraction, cfg.data.val_seed)
+    index = np.arange(min(8, len(val)))
+    online = score(torch.from_numpy(val.waves(index))).numpy()
+    stored = load_teachers(run, ["cpr"])
+    lookup = {f: i for i, f in enumerate(stored.filenames)}
+    expected = stored.logits[0][[lookup[f] for f in val.table.filename[index]]]
+    np.testing.assert_allclose(online, expected, rtol=1e-3, atol=1e-3)
+    student = StudentConfig(run_dir=str(run), data=cfg.data, preset="sm1", targets="online:cpr", epochs=1, batch_size=32, device="cpu")
+    trainer = student_trainer(student, store, build_student_model(student, len(store.classes)), 1, student.lr)
+    trainer.fit()
+    assert trainer.history[-1]["train_kd"] > 0 and np.isfinite(trainer.history[-1]["train_loss"])
+    with pytest.raises(ConfigError, match="needs the teacher's weights"):
+        load_online_teacher(str(run), "nobody", store.classes, store.sample_rate, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="--mixup 0"):
+        StudentConfig(run_dir=str(run), data=cfg.data, targets="online:cpr", mixup_alpha=0.3).validate()

@@ -26,7 +26,9 @@ class StudentConfig:
     model: str = "dsflexinet"
     preset: str = "sm2"
     norm: str = "rn"  # Residual Normalization or plain BN (DS-FlexiNet)
-    targets: str = "fused"  # fused | average | none (plain cross-entropy) | teacher:NAME (one teacher's logits)
+    # fused | average | none (plain cross-entropy) | teacher:NAME (one teacher's stored logits) | online:NAME
+    # (teacher NAME run on each augmented batch, asc_dist/distill/online.py)
+    targets: str = "fused"
     kd_lambda: float = KD_LAMBDA
     temperature: float = 2.0
     kd_reduction: str = "cpjku"
@@ -84,8 +86,11 @@ class StudentConfig:
 
         if self.preset not in student_presets(self.model):  # unknown model raises inside
             raise ConfigError(f"unknown preset {self.preset!r} for {self.model}; choose one of {', '.join(student_presets(self.model))}")
-        if self.targets not in TARGET_KINDS and not self.targets.startswith("teacher:"):
-            raise ConfigError(f"--targets {self.targets!r} is unknown; choose one of {', '.join(TARGET_KINDS)}")
+        if self.targets not in TARGET_KINDS and not self.targets.startswith(("teacher:", "online:")):
+            raise ConfigError(f"--targets {self.targets!r} is unknown; choose one of {', '.join(TARGET_KINDS)}, teacher:NAME or online:NAME")
+        if self.targets.startswith("online:") and self.mixup_alpha > 0:
+            raise ConfigError("--targets online:NAME scores the mixed batch itself; mixup's target mixing does not apply: "
+                              "use --mixup 0 with an online teacher")
         if self.norm not in ("rn", "bn"):
             raise ConfigError(f"--norm {self.norm!r} is unknown; choose rn (Residual Normalization) or bn")
         validate_kd(self.kd_lambda, self.temperature, self.kd_reduction)

@@ -10,6 +10,7 @@ import torch
 
 from asc_dist.data.store import WaveformStore
 from asc_dist.distill.config import StudentConfig
+from asc_dist.distill.online import load_online_teacher, teacher_name
 from asc_dist.errors import ConfigError, LogitsError
 from asc_dist.nets.features import FRONT_ENDS, LogMel
 from asc_dist.run.layout import FIT_SPLIT
@@ -42,7 +43,7 @@ def check_fit_split(cfg: StudentConfig, store: WaveformStore) -> None:
 
 def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:
     """Teacher logits [N_train, C] in the order of `filenames`; every training clip must have one."""
-    if cfg.targets == "none":
+    if cfg.targets == "none" or cfg.targets.startswith("online:"):  # online: scored per batch (asc_dist/distill/online.py)
         return None
     if cfg.targets.startswith("teacher:"):  # one teacher's own logits (the study's "best single teacher" row)
         from asc_dist.run.logits import load_teachers
@@ -73,8 +74,15 @@ def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarra
 def make_loss(cfg: StudentConfig, teacher: np.ndarray | None, device: torch.device):
     """The label CE alone without targets, and with lambda 1 (the KD term's weight is 1 - lambda = 0): then the
     student is the no-KD student bit for bit, which is what lets a study compare the two arms cleanly."""
-    if teacher is None or cfg.kd_lambda == 1.0:
+    if cfg.kd_lambda == 1.0 or (teacher is None and not cfg.targets.startswith("online:")):
         return cross_entropy_loss
+    if teacher is None:  # an online teacher: its logits for this very batch come with it
+
+        def online_loss(logits, batch, labels, mix):
+            total, ce, kd = kd_loss(logits, labels, batch.teacher_logits, cfg.kd_lambda, cfg.temperature, cfg.kd_reduction, mix=mix)
+            return total, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+
+        return online_loss
     teacher_t = torch.from_numpy(teacher).to(device)
 
     def loss(logits, batch, labels, mix):
@@ -104,6 +112,8 @@ def student_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Mo
         wave_aug=wave_aug, spec_aug=spec_aug, device=cfg.device, name=cfg.run_name,
     )
     trainer.loss_fn = make_loss(cfg, teacher, trainer.device)
+    if teacher_name(cfg.targets):
+        trainer.online_teacher = load_online_teacher(cfg.run_dir, teacher_name(cfg.targets), store.classes, store.sample_rate, trainer.device)
     trainer.adir_tau = tau  # the resolved Auto-DIR threshold (None: Auto-DIR off), logged with the run
     return trainer
 

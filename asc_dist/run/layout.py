@@ -6,6 +6,7 @@
       mlflow.db, mlartifacts/            MLflow's default store (asc_dist/infra/tracking.py)
       teachers.json                      what each teacher scored and where its logits are
       logits/teacher=NAME/part-0.parquet one Parquet file per teacher (docs/CONTRACTS.md)
+      teachers/NAME/model.pt             a trained teacher's weights (an online teacher: --targets online:NAME)
       fused/targets.parquet              fused and averaged targets per clip
       fused/fusion.json                  the fusion's weights, biases and its report
       students/NAME/                     model.pt, model_int8.pt, result.json of one student
@@ -75,6 +76,9 @@ class RunLayout:
 
     def teacher_logits(self, name: str) -> Path:
         return self.logits_dir / f"teacher={name}" / "part-0.parquet"
+
+    def teacher_model(self, name: str) -> Path:
+        return self.root / "teachers" / name / "model.pt"
 
     def failed_once_marker(self, teacher: str) -> Path:
         return self.root / f".failed-once-{teacher}"

@@ -25,7 +25,7 @@ from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
-from asc_dist.study.plan import STUDY_PROFILES, Row, best_single_teacher, rows
+from asc_dist.study.plan import STUDY_PROFILES, TABLES, Row, best_single_teacher, rows, select
 
 log = logging.getLogger("asc_dist.study")
 
@@ -37,6 +37,8 @@ class StudyConfig:
     seeds: int | None = None  # number of seeds (0..n-1); default: the profile's
     epochs: int | None = None
     tables: tuple[str, ...] | None = None
+    rows: tuple[str, ...] | None = None  # labels (or label prefixes) of the rows to train; default all
+    preset: str | None = None  # the student preset of every row but Table II's (default: the profile's, sm2)
     data: DataConfig = DataConfig()
     mlflow_uri: str | None = None
     address: str | None = None
@@ -49,7 +51,10 @@ def _qat_epochs(row: Row, profile) -> int:
 
 def _job_id(row: Row, seed: int, profile) -> str:
     """One trained student: the row's configuration, the seed and the training length (shared rows share ids)."""
-    return hashlib.sha256(json.dumps([row.key, seed, profile.epochs, _qat_epochs(row, profile)]).encode()).hexdigest()[:12]
+    key = [row.key, seed, profile.epochs, _qat_epochs(row, profile)]
+    if profile.overrides:  # appended only when set, so the ids (and resumes) of studies made before stay valid
+        key.append(sorted(profile.overrides))
+    return hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:12]
 
 
 def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: str | None):
@@ -58,7 +63,7 @@ def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: s
     changes = dict(row.changes)
     changes.pop("qat", None)
     qat = _qat_epochs(row, profile)
-    fields = {**profile.recipe, **changes}
+    fields = {**profile.recipe, **dict(profile.overrides), **changes}
     name = f"study-{_job_id(row, seed, profile)}"
     return StudentConfig(run_dir=cfg.run_dir, data=cfg.data, **fields, epochs=profile.epochs, qat_epochs=qat, seed=seed,
                          name=name, experiment=cfg.experiment, mlflow_uri=uri, parent_run_id=parent, threads=1,
@@ -95,16 +100,26 @@ def run_study(cfg: StudyConfig) -> dict:
             raise ConfigError(f"--epochs must be >= 1, got {cfg.epochs}")
         profile = replace(profile, epochs=cfg.epochs)
     if cfg.tables:
-        bad = set(cfg.tables) - {"IV", "V", "II"}
+        bad = set(cfg.tables) - set(TABLES)
         if bad:
-            raise ConfigError(f"--tables {','.join(sorted(bad))} unknown; choose from IV,V,II")
+            raise ConfigError(f"--tables {','.join(sorted(bad))} unknown; choose from {','.join(TABLES)}")
         profile = replace(profile, tables=tuple(cfg.tables))
+    if cfg.preset is not None:
+        from students.presets import student_presets
+
+        known = student_presets(profile.recipe["model"])
+        if cfg.preset not in known:
+            raise ConfigError(f"--preset {cfg.preset!r} is not a {profile.recipe['model']} preset; choose one of {', '.join(known)}")
+        profile = replace(profile, overrides=(("preset", cfg.preset),))
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)
     store = prepare_store(cfg.data, run_dir)
     cfg = replace(cfg, data=replace(cfg.data, store=str(store.path)))
     best = best_single_teacher(run_dir)
-    plan = rows(profile, best)
+    try:
+        plan = select(rows(profile, best), list(cfg.rows) if cfg.rows else None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     layout.study_results.mkdir(parents=True, exist_ok=True)
     state_path = layout.study_state
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -156,7 +171,7 @@ def run_study(cfg: StudyConfig) -> dict:
         verdicts = report.verdicts(summary, comparisons)
         header = (f"# Study ({cfg.profile} profile): {len(profile.seeds)} seeds ({', '.join(map(str, profile.seeds))}), "
                   f"{profile.epochs} epochs, QAT {profile.qat_epochs} epochs; best single teacher on val: {best}\n\n"
-                  f"Every row is the paper's recipe (DS-FlexiNet sm2, RN, Freq-MixStyle 0.4/0.3, Auto-DIR p 0.6 with tau from the "
+                  f"Every row is the paper's recipe (DS-FlexiNet {dict(profile.overrides).get('preset', profile.recipe['preset'])}, RN, Freq-MixStyle 0.4/0.3, Auto-DIR p 0.6 with tau from the "
                   f"training clips, roll, frequency masking, fused-teacher KD) with the one change its label names. Accuracy "
                   f"is mean ± standard deviation over seeds; every row that ran is shown.")  # fmt: skip
         text = report.markdown(summary, [c for c in comparisons.values() if c], verdicts, header)
@@ -184,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=d.profile, choices=sorted(STUDY_PROFILES), help="study: 2 CPU cores, about an hour; full: TAU22 on GPUs")
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per row (default: the profile's)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (default: the profile's)")
-    p.add_argument("--tables", default=None, help="comma-separated subset of IV,V,II")
+    p.add_argument("--tables", default=None, help=f"comma-separated subset of {','.join(TABLES)} (KD: the distillation diagnosis)")
+    p.add_argument("--rows", default=None, help="comma-separated row labels (or their beginnings) to train, e.g. 'no KD,fused'; default all")
+    p.add_argument("--preset", default=None, help="student preset of every row but Table II's (default sm2; sm1 to fit a wide table in the budget)")
     add_shared(p, experiment=d.experiment)
     return p
 
@@ -194,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     run_study(StudyConfig(run_dir=args.run, profile=args.profile, seeds=args.seeds, epochs=args.epochs,
                           tables=tuple(parse_list(args.tables, flag="--tables")) if args.tables else None, data=data_config(args),
+                          rows=tuple(parse_list(args.rows, flag="--rows")) if args.rows else None, preset=args.preset,
                           mlflow_uri=args.mlflow_uri, address=args.address, experiment=args.experiment))  # fmt: skip
     return 0
 

@@ -5,7 +5,9 @@ from the data, time roll, frequency masking, fused-teacher KD) with one thing ch
 - Table IV (what the student learns from): no KD (label loss only), the best single teacher (chosen on val
   accuracy), the average of the teachers, the fusion;
 - Table V (device generalisation): BN vs RN, each with plain DIR vs Auto-DIR (Freq-MixStyle on);
-- Table II (size and int8): sm1-sm4, fp32 and int8 after QAT.
+- Table II (size and int8): sm1-sm4, fp32 and int8 after QAT;
+- Table KD (a diagnosis, not in the paper): no KD against fused KD at other temperatures, label weights and
+  loss reductions (Hinton et al. 2015, arXiv 1503.02531, for T; CP-JKU's `cpjku` reduction vs `batchmean`).
 Rows that are the same configuration (the default recipe appears in all three tables) train once.
 """
 
@@ -36,12 +38,16 @@ class StudyProfile:
     epochs: int = 8
     qat_epochs: int = 2
     tables: tuple[str, ...] = ("IV", "V", "II")
+    # Recipe fields the user changed for the whole study (e.g. --preset sm1); part of every student's id.
+    overrides: tuple[tuple[str, object], ...] = ()
     presets: tuple[str, ...] = ("sm1", "sm2", "sm3", "sm4")
     recipe: dict = field(default_factory=lambda: {
         "model": "dsflexinet", "preset": "sm2", "norm": "rn", "targets": "fused", "fms_p": 0.4, "fms_alpha": 0.3,
         "adir_p": 0.6, "adir_tau": "auto", "dir_p": 0.0, "roll_s": 0.125, "freqm": 48,
     })  # fmt: skip
 
+
+TABLES = ("IV", "V", "II", "KD")
 
 STUDY_PROFILES = {
     # Two CPU cores, about 50 minutes on the synthetic default: 8 epochs, QAT 2 epochs, 3 seeds.
@@ -72,4 +78,22 @@ def rows(profile: StudyProfile, best_teacher: str) -> list[Row]:
     if "II" in profile.tables:
         for preset in profile.presets:
             out.append(Row("II", preset, (("preset", preset), ("qat", True))))
+    if "KD" in profile.tables:
+        out += [Row("KD", "no KD", (("targets", "none"),)),
+                Row("KD", "fused teachers", ()),
+                Row("KD", "fused T1", (("temperature", 1.0),)),
+                Row("KD", "fused T4", (("temperature", 4.0),)),
+                Row("KD", "fused lambda 0.3", (("kd_lambda", 0.3),)),
+                Row("KD", "fused batchmean", (("kd_reduction", "batchmean"),))]  # fmt: skip
     return out
+
+
+def select(plan: list[Row], wanted: list[str] | None) -> list[Row]:
+    """The rows whose label is, or starts with, one of `wanted` (all rows when None); an unmatched name is an error."""
+    if not wanted:
+        return plan
+    unknown = [w for w in wanted if not any(r.label == w or r.label.startswith(w) for r in plan)]
+    if unknown:
+        labels = sorted({r.label for r in plan})
+        raise ValueError(f"--rows {','.join(unknown)} matches no row of the chosen tables; rows: {'; '.join(labels)}")
+    return [r for r in plan if any(r.label == w or r.label.startswith(w) for w in wanted)]

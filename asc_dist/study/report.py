@@ -12,9 +12,10 @@ import numpy as np
 
 from asc_dist.data.table import device_sort_key
 
-METRICS = (("test_acc", "test"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("test_log_loss", "log loss"))
-TITLES = {"IV": "Table IV: what the sm2 student learns from", "V": "Table V: normalisation and device impulse responses (sm2)",
-          "II": "Table II: student sizes, fp32 and int8 after QAT"}  # fmt: skip
+METRICS = (("val_acc", "val"), ("test_acc", "test"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("test_log_loss", "log loss"))
+TITLES = {"IV": "Table IV: what the student learns from", "V": "Table V: normalisation and device impulse responses",
+          "II": "Table II: student sizes, fp32 and int8 after QAT",
+          "KD": "Table KD: temperature, label weight and loss reduction (diagnosis)"}  # fmt: skip
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -64,17 +65,17 @@ def _loss(s: dict) -> str:
 
 def markdown(summary: list[dict], comparisons: list[dict], verdicts: list[str], header: str) -> str:
     lines = [header, ""]
-    for table in ("IV", "V", "II"):
+    for table in TITLES:
         rows = [r for r in summary if r["table"] == table]
         if not rows:
             continue
         devices = list(rows[0]["per_device"])
         int8 = table == "II"
-        head = ["row", "seeds", "test %", "seen %", "unseen %", "log loss"] + (["int8 test %", "int8 unseen %"] if int8 else []) + devices
+        head = ["row", "seeds", "val %", "test %", "seen %", "unseen %", "log loss"] + (["int8 test %", "int8 unseen %"] if int8 else []) + devices
         lines += [f"## {TITLES[table]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             st = r["stats"]
-            cells = [r["label"], ",".join(str(s) for s in r["seeds"]), _pct(st["test_acc"]), _pct(st["seen_acc"]),
+            cells = [r["label"], ",".join(str(s) for s in r["seeds"]), _pct(st["val_acc"]), _pct(st["test_acc"]), _pct(st["seen_acc"]),
                      _pct(st["unseen_acc"]), _loss(st["test_log_loss"])]  # fmt: skip
             if int8:
                 cells += [_pct(st["int8_test_acc"]), _pct(st["int8_unseen_acc"])]

@@ -20,6 +20,7 @@ from asc_dist.data.table import group_folds
 from asc_dist.infra import tracking
 from asc_dist.nets.features import FRONT_ENDS, LogMel
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
+from asc_dist.run.atomic import atomic_path
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.logits import write_teacher_logits
 from asc_dist.teach.roster import TeacherConfig
@@ -135,6 +136,18 @@ def open_mlflow_run(t: TeacherConfig, ctx: TeacherRunContext, params: int, resum
     )
 
 
+def save_teacher_weights(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model) -> Path:
+    """RUN/teachers/NAME/model.pt: the trained weights with what rebuilds them, for a teacher run online on a
+    student's augmented batches (`--targets online:NAME`, asc_dist/distill/online.py) or reused elsewhere."""
+    path = RunLayout.of(ctx.run_dir).teacher_model(t.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = getattr(model, "module", model)  # a data-parallel teacher's DDP wrapper
+    with atomic_path(path) as tmp:
+        torch.save({"model": net.state_dict(), "teacher": t.to_dict(), "classes": list(store.classes),
+                    "sample_rate": store.sample_rate, "fingerprint": ctx.fingerprint}, tmp)
+    return path
+
+
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
     k = teacher_context_parts(t, store)
@@ -153,6 +166,7 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     config = {**t.to_dict(), "config_hash": t.config_hash(), "params": params, "node_id": node, "node_ip": ip,
               "val_carve": [ctx.val_fraction, ctx.val_seed]}
     write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
+    save_teacher_weights(t, ctx, store, model)
     wall = time.perf_counter() - start
     mlrun.log_metrics({"wall_s": wall})
     return {

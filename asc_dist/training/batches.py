@@ -24,6 +24,7 @@ class Batch:
     waves: np.ndarray  # float32 [B, samples]
     labels: np.ndarray  # int64 [B]
     devices: list[str]
+    teacher_logits: object = None  # torch [B, C]: a teacher run on this batch's augmented waves (Trainer.online_teacher)
 
 
 class BatchLoader:

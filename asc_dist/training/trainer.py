@@ -164,6 +164,8 @@ class Trainer:
         self.train_data, self.val_data = train, val
         self.cfg = optim
         self.loss_fn = loss_fn
+        # waves after augmentation -> teacher logits, given to the loss as batch.teacher_logits (asc_dist/distill/online.py)
+        self.online_teacher: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.wave_aug = wave_aug.to(self.device) if wave_aug is not None else None
         self.spec_aug = spec_aug.to(self.device) if spec_aug is not None else None
         self.name = name
@@ -214,6 +216,8 @@ class Trainer:
         if self.wave_aug is not None:
             self.wave_aug.train()
             waves, mix = self.wave_aug(waves, batch.devices)
+        if self.online_teacher is not None:
+            batch.teacher_logits = self.online_teacher(waves)
         spec = self.front_end(waves)
         if self.spec_aug is not None and len(self.spec_aug):
             self.spec_aug.train()
