@@ -1,4 +1,4 @@
-"""`python -m asc_dist.data {check,pack,synth,tauify}`: inspect, pack, generate and convert TAU-layout datasets."""
+"""`python -m asc_dist.data {check,pack,verify,synth,tauify}`: inspect, pack, verify, generate and convert TAU-layout datasets."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample type on disk (default float32); float16 and int16 (16-bit PCM) take half the bytes, "
                         "decoded to float32 on read")  # = audio.store.STORE_DTYPES, not imported here: it loads torch
     k.add_argument("--force", action="store_true", help="re-pack even when the fingerprint matches")
+    v = sub.add_parser("verify", help="check every file of a packed store against the checksums written at pack time (exit 2 on a mismatch)")
+    v.add_argument("store", help="packed store folder (e.g. DATA/packed/sr32000)")
     s = sub.add_parser("synth", help="generate the embedded synthetic TAU-format dataset")
     s.add_argument("--out", required=True, help="folder to create")
     s.add_argument("--clips-per-device", type=int, default=None, help="segments per device (default: the generator's)")
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--part-s", type=float, default=d.part_s, help="seconds per part (default 1)")
     u.add_argument("--seed", type=int, default=d.seed)
     u.add_argument("--skip-short", action="store_true", help="skip recordings shorter than one part instead of refusing")
-    for sp in (c, k, s, u):
+    for sp in (c, k, v, s, u):
         add_verbose(sp)
     return p
 
@@ -72,9 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pack":
         from asc_dist.data.store import PackConfig, WaveformStore, pack
 
-        store_dir, built = pack(args.root, args.out, PackConfig(sample_rate=args.sr, dtype=args.dtype), force=args.force)
+        store_dir, built = pack(args.root, args.out, PackConfig(sample_rate=args.sr, dtype=args.dtype), force=args.force, verify_rows=True)
         store = WaveformStore(store_dir)
         print(json.dumps({"store": str(store_dir), "packed": built, **{k: store.manifest[k] for k in ("fingerprint", "sample_rate", "samples", "dtype", "splits")}}))
+        return 0
+    if args.command == "verify":
+        import time
+
+        from asc_dist.data.store import WaveformStore
+
+        start = time.perf_counter()
+        store = WaveformStore(args.store)
+        if not store.verified:
+            raise DatasetError(f"{args.store} was packed before stores carried checksums: nothing to verify against; re-pack it with "
+                               f"`python -m asc_dist.data pack DATA --out {args.store} --force`")
+        store.verify()
+        print(json.dumps({"store": args.store, "verified": True, "clips": sum(store.manifest["splits"].values()),
+                          "seconds": round(time.perf_counter() - start, 2)}))
         return 0
     if args.command == "synth":
         from asc_dist.data.synth import SynthConfig, generate

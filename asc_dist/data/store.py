@@ -2,7 +2,8 @@
 
 A store folder holds `manifest.json` (fingerprint, sample rate, clip length, classes), one `<split>.npy`
 array per TAU split (`train` = fold1_train, `test` = fold1_evaluate; opened with `mmap_mode="r"`) and
-`index.parquet` (filename, tau_split, row, label, identifier, city, device). The folder is built under a
+`index.parquet` (filename, tau_split, row, label, identifier, city, device), with checksums of all three in the
+manifest (asc_dist/data/integrity.py). The folder is built under a
 temporary name and renamed into place, so an interrupted pack never leaves a store that looks complete.
 The validation split is carved from `train` at load time (whole locations), so changing its fraction or
 seed needs no re-pack.
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 
 from asc_dist.data.check import check_dataset
 from asc_dist.data.decode import decode_batch
+from asc_dist.data.integrity import CHECKSUMS, ROWS_PER_BLOCK, BlockDigests, RowVerifier, check_meta, corrupt, digest, manifest_digest
 from asc_dist.data.table import ClipTable, TauLayout, build_clip_table, carve_validation, read_layout
 from asc_dist.errors import DatasetError
 from asc_dist.run.atomic import atomic_path, remove_stale_temps
@@ -94,8 +96,20 @@ def fingerprint(layout: TauLayout, table: ClipTable, cfg: PackConfig, n_samples:
 def _read_manifest(store_dir: Path) -> dict | None:
     try:
         return json.loads((store_dir / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+def _verified(store_dir: Path, manifest: dict, full: bool) -> str | None:
+    """Why an up-to-date-looking store must be rebuilt (None: it verifies): no checksums, or a mismatch."""
+    try:
+        if not check_meta(store_dir, manifest):
+            return "it was packed before stores carried checksums"
+        if full:
+            WaveformStore(store_dir).verify()
+    except DatasetError as exc:
+        return str(exc).split(": the packed store")[0]
+    return None
 
 
 def packed_dtype(store_dir: str | Path) -> str | None:
@@ -105,8 +119,11 @@ def packed_dtype(store_dir: str | Path) -> str | None:
     return dtype if dtype in STORE_DTYPES else None
 
 
-def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = PackConfig(), force: bool = False) -> tuple[Path, bool]:
-    """Pack the dataset at `root`; returns (store folder, whether it was (re)built).
+def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = PackConfig(), force: bool = False,
+         verify_rows: bool = False) -> tuple[Path, bool]:
+    """Pack the dataset at `root`; returns (store folder, whether it was (re)built). A store with the same
+    fingerprint is kept if its checksums hold (manifest and index; every waveform row too with `verify_rows`),
+    rebuilt otherwise.
 
     Refuses (DatasetError) a dataset that `check` finds problems in, naming the first problem.
     """
@@ -127,8 +144,11 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
     remove_stale_temps(out)  # a pack killed earlier (or stopped by a full disk) left its partial arrays here
     manifest = _read_manifest(out)
     if not force and manifest and manifest.get("fingerprint") == fp:
-        log.info("store %s is up to date (fingerprint %s); nothing to pack", out, fp)
-        return out, False
+        why = _verified(out, manifest, verify_rows)
+        if why is None:
+            log.info("store %s is up to date (fingerprint %s, checksums hold); nothing to pack", out, fp)
+            return out, False
+        log.warning("store %s: %s; re-packing it", out, why)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".write-test-{time.time_ns()}"
@@ -157,10 +177,12 @@ def _write_rows(path: Path, dtype: str, shape: tuple[int, int]):
 def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_samples: int, fp: str) -> None:
     rows = np.zeros(len(table), dtype=np.int64)
     start, total, done, clipped = time.perf_counter(), len(table), 0, 0
+    blocks: dict[str, list[str]] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for split in TAU_SPLITS:
             idx = np.flatnonzero(table.split == split)
             rows[idx] = np.arange(len(idx))
+            digests = BlockDigests()
             with _write_rows(tmp / f"{split}.npy", cfg.dtype, (len(idx), n_samples)) as rows_file:
                 for lo in range(0, len(idx), cfg.chunk):
                     chunk = idx[lo : lo + cfg.chunk]
@@ -168,10 +190,13 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
                     if cfg.dtype == "int16":
                         waves, n_clipped = encode_int16(waves)
                         clipped += n_clipped
-                    rows_file.write(np.ascontiguousarray(waves, dtype=cfg.dtype).tobytes())
+                    packed = np.ascontiguousarray(waves, dtype=cfg.dtype)
+                    rows_file.write(packed.tobytes())
+                    digests.add(packed)
                     done += len(chunk)
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     log.info("pack %s: %d/%d clips, %.0f clips/s, ETA %.0f s", split, done, total, rate, (total - done) / rate)
+            blocks[split] = digests.finish()
     if clipped:
         log.warning("pack: %d samples (%.4f %% of %d) lay outside [-1, 1] and were clipped to the int16 range; "
                     "pack with --dtype float32 or float16 to keep them", clipped, 100 * clipped / (total * n_samples), total * n_samples)
@@ -200,7 +225,9 @@ def _write_store(tmp: Path, root: Path, table: ClipTable, cfg: PackConfig, n_sam
         "splits": {s: int((table.split == s).sum()) for s in TAU_SPLITS},
         "source": str(root.resolve()),
         "pack_seconds": round(time.perf_counter() - start, 2),
+        CHECKSUMS: {"rows_per_block": ROWS_PER_BLOCK, "index": digest((tmp / "index.parquet").read_bytes()), **blocks},
     }
+    manifest[CHECKSUMS]["manifest"] = manifest_digest(manifest)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -214,6 +241,7 @@ class SplitData:
     table: ClipTable
     source: np.ndarray
     rows: np.ndarray
+    verify: RowVerifier | None = None  # checks each block of `source` against its checksum on first read
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -225,6 +253,8 @@ class SplitData:
         scattering assignment copied every clip twice and ran at 1/9 of a plain gather (17 K vs 153 K
         clips/s from the page cache); this loop runs at about 120 K. An int16 row is decoded to float32 as it is copied (`decode_rows`)."""
         rows = self.rows[index]
+        if self.verify is not None:
+            self.verify(rows)
         out = np.empty((len(rows), self.source.shape[1]), dtype=np.float32)
         for k in np.argsort(rows, kind="stable"):
             decode_rows(self.source[rows[k]], out[k])
@@ -235,6 +265,8 @@ class WaveformStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest = _read_manifest(self.path)
+        if manifest is None and (self.path / "manifest.json").is_file():
+            raise corrupt(self.path / "manifest.json", "not readable as JSON")
         if manifest is None:
             raise DatasetError(
                 f"{self.path} is not a packed waveform store (no readable manifest.json); "
@@ -244,9 +276,26 @@ class WaveformStore:
         if manifest.get("dtype", "float32") not in STORE_DTYPES:
             raise DatasetError(f"{self.path} holds {manifest.get('dtype')!r} waveforms; this version reads {', '.join(STORE_DTYPES)}: "
                                f"re-pack it with `python -m asc_dist.data pack ROOT --out {self.path} --force`")
+        checked = self.verified = check_meta(self.path, manifest)
+        if not checked:
+            log.warning("store %s was packed before stores carried checksums: its files are not verified; re-pack it with "
+                        "`python -m asc_dist.data pack DATA --out %s --force`", self.path, self.path)
         index = pq.read_table(self.path / "index.parquet").to_pydict()
         self.index = {k: np.array(v, dtype=object if isinstance(v[0], str) else None) for k, v in index.items()} if index["filename"] else {}
-        self._arrays = {s: np.load(self.path / f"{s}.npy", mmap_mode="r") for s in TAU_SPLITS}
+        self._arrays, self._verifiers = {}, {}
+        for s in TAU_SPLITS:
+            path = self.path / f"{s}.npy"
+            try:
+                self._arrays[s] = np.load(path, mmap_mode="r")
+            except (ValueError, OSError) as exc:
+                raise corrupt(path, f"not a readable array: {str(exc).splitlines()[0][:100]}") from None
+            if checked:
+                self._verifiers[s] = RowVerifier(path, self._arrays[s], manifest[CHECKSUMS][s])
+
+    def verify(self) -> None:
+        """Every waveform block against its checksum (the manifest and index were checked on open)."""
+        for verifier in self._verifiers.values():
+            verifier.check_all()
 
     @property
     def fingerprint(self) -> str:
@@ -274,4 +323,4 @@ class WaveformStore:
         table = self.table(val_fraction, seed)
         mask = table.split == name
         tau = "test" if name == "test" else "train"
-        return SplitData(name, table.take(mask), self._arrays[tau], self.index["row"][mask].astype(np.int64))
+        return SplitData(name, table.take(mask), self._arrays[tau], self.index["row"][mask].astype(np.int64), self._verifiers.get(tau))
