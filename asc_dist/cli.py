@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from asc_dist.errors import AscDistError, ConfigError
+from asc_dist.infra.interrupt import EXIT_INTERRUPTED, INTERRUPTED, interrupt_on_sigterm
 
 EXIT_USER_ERROR = 2
 DEFAULT_RUN = "runs/demo"
@@ -132,6 +133,9 @@ def setup_logging(verbose: bool = False) -> None:
 def quiet_third_party() -> None:
     """Silence Ray/Tune/MLflow chatter that buries our own progress lines."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C must stop the step, not just Tune's loop: Tune's own SIGINT handler ends the loop quietly and returns
+    # the unfinished trials as if complete (tests/test_interrupt.py); without it the interrupt reaches our code.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -142,7 +146,9 @@ def quiet_third_party() -> None:
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point: user errors and a full disk become `error: <message>` and exit 2."""
+    """Run a CLI entry point: user errors and a full disk become `error: <message>` and exit 2; SIGINT and
+    SIGTERM one line and exit 130."""
+    interrupt_on_sigterm()
     try:
         code = main(argv)
     except AscDistError as exc:
@@ -156,6 +162,6 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         print(f"error: {disk_full_message(exc)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or 0)

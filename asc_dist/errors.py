@@ -26,3 +26,18 @@ class TrackingError(AscDistError):
 
 class ClusterError(AscDistError):
     """Ray cluster unreachable or without the resources asked for."""
+
+
+class TrainingError(AscDistError):
+    """A trial failed: its first cause, named, with what to do."""
+
+
+def first_cause(error: BaseException) -> str:
+    """The innermost cause of a Ray/Tune error as one line: `Type: first line of its message`."""
+    seen = error
+    while getattr(seen, "cause", None) is not None and seen.cause is not seen:
+        seen = seen.cause
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip().splitlines()
+    return f"{type(seen).__name__}: {text[0][:300] if text else ''}"

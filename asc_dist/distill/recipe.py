@@ -32,13 +32,10 @@ def refuse_fit_clips(targets, filenames, path: Path, val_fraction: float) -> Non
             f"teachers and fusion used (the student's is {val_fraction}), or re-run teachers and fusion with the student's")
 
 
-def check_fit_split(cfg: StudentConfig, store: WaveformStore) -> None:
-    """The driver's early check (before any trial starts) of what `train_targets` enforces."""
-    if cfg.targets not in ("fused", "average"):
-        return
-    path = targets_path(cfg.run_dir)
-    train = store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename
-    refuse_fit_clips(load_targets(path), train, path, cfg.data.val_fraction)
+def check_targets(cfg: StudentConfig, store: WaveformStore) -> None:
+    """The driver's check, before Ray starts, of what every trial's `train_targets` enforces: each training clip
+    has a target and none is in-sample for the fusion (else every trial fails the same way, three times)."""
+    train_targets(cfg, store, store.split("train", cfg.data.val_fraction, cfg.data.val_seed).table.filename)
 
 
 def train_targets(cfg: StudentConfig, store: WaveformStore, filenames: np.ndarray) -> np.ndarray | None:

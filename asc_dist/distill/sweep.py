@@ -21,9 +21,10 @@ import numpy as np
 from asc_dist.cli import add_shared, data_config, parse_list, quiet_third_party, setup_logging
 from asc_dist.data.prepare import DataConfig
 from asc_dist.distill.config import SWEEP_KD_LAMBDAS, TARGET_KINDS, StudentConfig
-from asc_dist.distill.recipe import check_fit_split
-from asc_dist.errors import ConfigError
+from asc_dist.distill.recipe import check_targets
+from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
+from asc_dist.infra.cluster import stop_trials
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 from asc_dist.run.layout import STUDENT_RESULT, RunLayout
@@ -105,13 +106,15 @@ def sweep_trainable(config: dict) -> None:
     sweep = SweepConfig(**{**config["sweep"], "data": DataConfig(**config["sweep"]["data"])})
     cfg = _student(sweep, config["trial"], config["parent_run_id"], config["mlflow_uri"])
     checkpoint = trial_checkpoint(sweep, config["trial"], config["fingerprint"])
-    stopped = checkpoint.stopped()
-    if stopped is not None:
-        tune.report(stopped)
+    earlier = checkpoint.stopped() or checkpoint.finished()
+    if earlier is not None:  # decided before an interrupt: stopped by the scheduler, or trained to the end
+        tune.report(earlier)
         return
     store = WaveformStore(sweep.data.store)
     result = train_student(cfg, report=epoch_reporter(checkpoint), resume=resume_from(checkpoint, cfg.run_name), store=store)
-    tune.report({**{k: v for k, v in result.items() if not isinstance(v, dict)}, "epoch": sweep.epochs, "finished": 1, "node_ip": node_ip()})
+    final = {**{k: v for k, v in result.items() if not isinstance(v, dict)}, "epoch": sweep.epochs, "finished": 1, "node_ip": node_ip()}
+    checkpoint.mark_finished(final)
+    tune.report(final)
 
 
 def mark_stopped_trials(sweep: SweepConfig, fingerprint: str):
@@ -143,7 +146,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
         raise ConfigError(f"{targets_path(sweep.run_dir)} is missing; run the teachers and `python -m asc_dist.fusion --run {sweep.run_dir}` first, or pass --targets none")
     store = prepare_store(sweep.data, sweep.run_dir)
     sweep = replace(sweep, data=replace(sweep.data, store=str(store.path.resolve())))
-    check_fit_split(StudentConfig(run_dir=sweep.run_dir, data=sweep.data, targets=sweep.targets), store)
+    check_targets(StudentConfig(run_dir=sweep.run_dir, data=sweep.data, targets=sweep.targets), store)
     targets_fp = load_targets(targets_path(sweep.run_dir)).fingerprint if sweep.targets != "none" else store.fingerprint
     fp = sweep.fingerprint(targets_fp)
     results_file = RunLayout.of(sweep.run_dir).sweep_results
@@ -162,7 +165,11 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
             if resume_id:
                 log.info("resuming the sweep of MLflow run %s: trials continue from their last epoch", resume_id)
             write_text_atomic(parent_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id}))
-            rows = _tune(sweep, parent.run_id, uri, fp)
+            try:
+                rows = _tune(sweep, parent.run_id, uri, fp)
+            except KeyboardInterrupt:
+                stop_trials(uri, sweep.experiment, sweep.run_dir)
+                raise
             _quantize_best(sweep, rows, store, parent.run_id, uri)
             from asc_dist.distill.sweep_report import log_sweep_report
 
@@ -217,7 +224,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
         cfg = _student(sweep, trial, parent_run_id, uri)
         epoch_ckpt = trial_checkpoint(sweep, trial, fingerprint)
         if m.get("finished"):
-            epoch_ckpt.clear()  # its model.pt is what counts now
+            epoch_ckpt.path.unlink(missing_ok=True)  # its model.pt is what counts now (the .finished.json stays)
         saved = cfg.out_dir / STUDENT_RESULT
         full = json.loads(saved.read_text()) if m.get("finished") and saved.is_file() else {}
         rows.append({
@@ -230,6 +237,12 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
             "mlflow_run_id": full.get("mlflow_run_id"), "node_ip": m.get("node_ip"),
         })
     _close_stopped_runs(rows, parent_run_id, uri, sweep.experiment)
+    failed = [(r["name"], result.error) for r, result in zip(rows, grid) if result.error is not None]
+    if failed:
+        name, error = failed[0]
+        raise TrainingError(f"{len(failed)} of {len(rows)} sweep trials failed; {name}: {first_cause(error)}. Nothing was "
+                            "quantised, registered or written as the sweep's result; fix the cause and run the same command "
+                            "again (finished trials are kept, the others continue from their last epoch)")
     return rows
 
 

@@ -45,6 +45,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
                 raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
         else:
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        from asc_dist.infra.interrupt import interrupt_on_sigterm
+
+        interrupt_on_sigterm()  # ray.init's own SIGTERM handler exits without unwinding our context managers
     resources = ray.cluster_resources()
     log.info("Ray: %d node(s), %s CPU, %s GPU", len([n for n in ray.nodes() if n["Alive"]]), resources.get("CPU", 0), resources.get("GPU", 0))
     return resources
@@ -86,3 +89,18 @@ def check_shared(paths: dict[str, tuple[str, bool]]) -> None:
         raise ClusterError(f"not every node of the cluster sees this run's files ({detail}). Put the dataset, its store and "
                            "the run folder on a filesystem every node mounts at the same path (cluster.yaml: /shared over NFS, "
                            "/data and /runs point into it), see ops/README.md")
+
+
+def stop_trials(uri: str, experiment: str, run_dir: str) -> None:
+    """After an interrupt: end this process's Ray work (a local instance shuts down, a cluster's trials end with
+    the driver), then mark KILLED the MLflow runs of this run folder that the trials left RUNNING."""
+    import ray
+
+    from asc_dist.infra import tracking
+
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        tracking.close_abandoned(uri, experiment, run_dir)
+    except Exception as exc:  # the interrupt is what the user must hear of; a tracking hiccup here is secondary
+        log.warning("could not mark the interrupted MLflow runs KILLED (%s); the next run in %s does it", exc, run_dir)

@@ -104,7 +104,7 @@ def run(
     run_dir: str | os.PathLike | None = None,
 ) -> Iterator["Run"]:
     """Start an MLflow run (nested under `parent_run_id` if given), or reopen `resume_run_id` after a
-    restart; always end it (FINISHED, or FAILED on an exception). `run_dir` tags the run with its run
+    restart; always end it (FINISHED; KILLED on an interrupt; FAILED on an exception). `run_dir` tags the run with its run
     folder, so a later step there can tell the runs a killed process left RUNNING (`close_abandoned`)."""
     import mlflow
 
@@ -130,6 +130,9 @@ def run(
             handle.log_params(params)
         yield handle
         status = "FINISHED"
+    except KeyboardInterrupt:  # SIGINT, and SIGTERM through asc_dist.cli.interrupt_on_sigterm
+        status = "KILLED"
+        raise
     finally:
         client.set_terminated(run_id, status=status)
 

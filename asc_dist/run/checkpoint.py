@@ -89,6 +89,24 @@ class TrialCheckpoint:
         saved = json.loads(self.stopped_path.read_text())
         return saved["metrics"] if saved.get("key") == self.key else None
 
+    @property
+    def finished_path(self) -> Path:
+        return self.path.with_suffix(".finished.json")
+
+    def mark_finished(self, result: dict) -> None:
+        """The trial's final report, so a rerun after an interrupt reports it again instead of training it again."""
+        from asc_dist.run.atomic import write_text_atomic
+
+        plain = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        write_text_atomic(self.finished_path, json.dumps({"key": self.key, "result": plain}))
+
+    def finished(self) -> dict | None:
+        """The final report of a trial that finished under this key, else None."""
+        if not self.finished_path.is_file():
+            return None
+        saved = json.loads(self.finished_path.read_text())
+        return saved["result"] if saved.get("key") == self.key else None
+
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
         self.stopped_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from asc_dist.cli import add_deprecated, add_shared, data_config, quiet_third_party, setup_logging
 from asc_dist.data.prepare import DataConfig, prepare_store
-from asc_dist.errors import ConfigError
+from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
 from asc_dist.run.diskspace import DiskFullError, existing_parent, require_free
 from asc_dist.run.layout import RunLayout
@@ -182,7 +182,13 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
         # is readied in a thread while Ray starts: both are seconds of waiting on every call
         with ThreadPoolExecutor(1) as pool:
             store_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
-            results, errors = _tune(trials, trial_ctx, cfg, trial_dir, store_ready) if trials else ({}, {})
+            try:
+                results, errors = _tune(trials, trial_ctx, cfg, trial_dir, store_ready) if trials else ({}, {})
+            except KeyboardInterrupt:
+                from asc_dist.infra.cluster import stop_trials
+
+                stop_trials(uri, cfg.experiment, str(run_dir))
+                raise
         for t in trials:
             if t.name in results:
                 teacher_checkpoint(t, trial_ctx).clear()  # the logits file is what marks a teacher done
@@ -197,7 +203,9 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
                             "free space there or pass --run to a disk with room, then run the same command: finished teachers are kept")
     if failed:
         log_dir = RunLayout.of(RunLayout.of(run_dir).folds_dir if cfg.folds else run_dir).ray_results
-        raise ConfigError(f"teacher(s) {', '.join(failed)} failed after {cfg.max_failures} retries; see the log in {log_dir}")
+        name, cause = next(((n, e) for n, e in errors.items() if e), (failed[0], "no error reported"))
+        raise TrainingError(f"teacher(s) {', '.join(failed)} failed; {name}: {cause}. Fix the cause and run the same command: "
+                            f"finished teachers are kept, the others continue from their last epoch (logs: {log_dir})")
     return rows
 
 
@@ -247,7 +255,7 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
     results, errors = {}, {}
     for result in grid:
         metrics = result.metrics or {}
-        errors[result.config["teacher"]["name"]] = str(result.error) if result.error else None
+        errors[result.config["teacher"]["name"]] = first_cause(result.error) if result.error else None
         if result.error is None and metrics.get("finished"):
             results[metrics["teacher"]] = metrics
     return results, errors

@@ -1,0 +1,96 @@
+"""Interrupts and failures are never success (real subprocesses, real signals, real Ray and MLflow).
+
+Ctrl-C reaches a whole process group; before this, Tune caught it, ended its loop and returned the unfinished
+trials as if a scheduler had stopped them: an epoch-1 student was quantised and registered, results.json written
+and the rerun had nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from asc_dist.run.lock import run_lock
+from tests.conftest import make_targets
+
+EPOCHS = 6
+
+
+def _tune_cmd(run: Path, root: Path) -> list[str]:
+    return [sys.executable, "-m", "asc_dist.tune", "--run", str(run), "--data", str(root), "--presets", "sm1", "--kd-lambda", "0.02,0.5",
+            "--epochs", str(EPOCHS), "--scheduler", "fifo", "--qat-epochs", "1", "--cpus-per-trial", "1"]  # fmt: skip
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+
+
+def test_sigint_during_the_sweep_records_nothing_and_the_rerun_finishes(tmp_path, synth_root, synth_store):
+    run = tmp_path / "run"
+    make_targets(run, synth_store)
+    log = tmp_path / "tune.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_tune_cmd(run, synth_root), stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not re.search(r"epoch 1/%d" % EPOCHS, log.read_text()):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial reached epoch 1 within 240 s:\n" + log.read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    rc = proc.wait(timeout=180)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert text.strip().splitlines()[-1].startswith("interrupted: nothing was recorded as finished")
+    assert not (run / "sweep" / "results.json").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    with run_lock(run):  # free: the interrupted process let go of it
+        pass
+
+    again = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]
+    assert len(trials) == 2 and all(t["test_acc"] is not None and not t["stopped_early"] for t in trials)
+    assert len(client.search_registered_models()) == 1
+
+
+def test_tune_refuses_incomplete_targets_before_ray_starts(tmp_path, synth_root, synth_store):
+    run = tmp_path / "run"
+    make_targets(run, synth_store, drop=10)
+    done = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Ray:" not in done.stderr  # refused before Ray started
+    assert re.search(r"error: 10 of \d+ training clips have no target", done.stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_sigterm_is_an_interrupt_too(tmp_path, synth_root, sig):
+    """A step stopped by SIGTERM (a scheduler's kill, `timeout`) unwinds like Ctrl-C: one line, exit 130."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "asc_dist.students", "--run", str(run), "--data", str(synth_root), "--targets", "none",
+           "--preset", "sm1", "--epochs", "50"]  # fmt: skip
+    log = tmp_path / "students.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "epoch 1/50" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "Traceback" not in text and text.strip().splitlines()[-1].startswith("interrupted:")
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("students").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
