@@ -157,9 +157,13 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except OSError as exc:
         from asc_dist.run.diskspace import disk_full_message, is_disk_full
 
-        if not is_disk_full(exc):
-            raise
-        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+        if is_disk_full(exc):
+            print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+        else:  # read-only folder, permission denied, missing parent, too many open files: the OS's words and the path
+            logging.getLogger("asc_dist").debug("the OS error's traceback", exc_info=True)
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"error: {exc.strerror or exc}{where}; check that the path exists and that you may write there "
+                  "(rerun with -v for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)

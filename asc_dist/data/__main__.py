@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.clips_per_device < 1:
                 raise DatasetError(f"--clips-per-device must be >= 1, got {args.clips_per_device}")
             kwargs["clips_per_device"] = args.clips_per_device
+        from asc_dist.run.writable import require_writable
+
+        require_writable(args.out, "the dataset folder", "pass --out to a folder you can write")
         summary = generate(args.out, SynthConfig(**kwargs))
         print(summary)
         return 0

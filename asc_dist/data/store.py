@@ -31,7 +31,16 @@ import pyarrow.parquet as pq
 
 from asc_dist.data.check import check_dataset
 from asc_dist.data.decode import decode_batch
-from asc_dist.data.integrity import CHECKSUMS, ROWS_PER_BLOCK, BlockDigests, RowVerifier, check_meta, corrupt, digest, manifest_digest
+from asc_dist.data.integrity import (
+    CHECKSUMS,
+    ROWS_PER_BLOCK,
+    BlockDigests,
+    RowVerifier,
+    check_meta,
+    corrupt,
+    digest,
+    manifest_digest,
+)
 from asc_dist.data.table import ClipTable, TauLayout, build_clip_table, carve_validation, read_layout
 from asc_dist.errors import DatasetError
 from asc_dist.run.atomic import atomic_path, remove_stale_temps

@@ -38,6 +38,7 @@ from asc_dist.data.table import write_layout
 from asc_dist.errors import ConfigError, DatasetError
 from asc_dist.run.atomic import atomic_path
 from asc_dist.run.diskspace import full_disk_means
+from asc_dist.run.writable import require_writable
 
 log = logging.getLogger(__name__)
 MANIFEST = "tauify.json"  # also read by asc_dist/training/ir_bank.py (unseen_device_irs)
@@ -197,6 +198,7 @@ def tauify(cfg: TauifyConfig) -> TauifySummary:
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / MANIFEST).is_file():
         raise ConfigError(f"{out}: exists and is not a dataset tauify wrote (no {MANIFEST}); choose a new OUT folder")
+    require_writable(out.parent, "the dataset's parent folder", "give OUT in a folder you can write")
     recs = read_recordings(cfg)
     split_by_group(recs, cfg)
     devices = assign_devices(cfg)

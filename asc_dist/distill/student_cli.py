@@ -14,6 +14,7 @@ from asc_dist.distill.config import TARGET_KINDS, StudentConfig
 from asc_dist.distill.student import train_student
 from asc_dist.errors import ConfigError
 from asc_dist.run.lock import run_lock
+from asc_dist.run.writable import require_writable
 from asc_dist.training.trainer import AMP_MODES
 
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     cfg = config_from_args(args)
     cfg.validate()  # before any data preparation or training
+    require_writable(cfg.run_dir, "the run folder", "pass --run to a folder you can write")
     with run_lock(cfg.run_dir):
         result = train_student(cfg)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=str))

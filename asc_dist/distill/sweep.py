@@ -29,6 +29,7 @@ from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 from asc_dist.run.layout import STUDENT_RESULT, RunLayout
 from asc_dist.run.lock import run_lock
+from asc_dist.run.writable import require_writable
 from asc_dist.training.kd import validate_kd
 
 log = logging.getLogger("asc_dist.tune")
@@ -138,6 +139,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
     quiet_third_party()
     sweep.validate()
     sweep = replace(sweep, run_dir=str(Path(sweep.run_dir).resolve()))  # trials run in other working folders
+    require_writable(sweep.run_dir, "the run folder", "pass --run to a folder you can write")
     uri = tracking.resolve_uri(sweep.run_dir, sweep.mlflow_uri)
     tracking.check_reachable(uri)
     if sweep.address:

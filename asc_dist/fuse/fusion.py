@@ -52,6 +52,7 @@ from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import FIT_SPLIT, RunLayout
 from asc_dist.run.lock import run_lock
 from asc_dist.run.logits import TeacherLogits, load_teachers, targets_path, write_targets
+from asc_dist.run.writable import require_writable
 from asc_dist.training.metrics import evaluate_predictions, order_devices
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
     cfg.check()
     run_dir = Path(cfg.run_dir)
     data = load_teachers(run_dir, cfg.teachers)
+    require_writable(run_dir, "the run folder", "copy the run to a folder you can write and pass that as --run")
     fit_rows = data.mask(FIT_SPLIT)
     if not fit_rows.any():
         raise LogitsError(

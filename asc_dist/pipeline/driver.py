@@ -22,6 +22,7 @@ from asc_dist.distill.config import KD_LAMBDA, SWEEP_KD_LAMBDAS
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
+from asc_dist.run.writable import require_writable
 from asc_dist.teach.roster import DEFAULT_ROSTER, DEMO_ROSTER
 
 log = logging.getLogger("asc_dist.pipeline")
@@ -85,6 +86,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     profile = replace(PIPELINE_PROFILES[cfg.profile], **cfg.overrides)
     cfg.data.check()
     run_dir = Path(cfg.run_dir).resolve()
+    require_writable(run_dir, "the run folder", "pass --run to a folder you can write")
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)
     if cfg.address:

@@ -34,9 +34,13 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
             _held[folder][1] -= 1
         return
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run folder {folder} ({exc.strerror or exc}); pass --run to a folder you can "
+                          "write (a read-only run can be copied elsewhere first)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

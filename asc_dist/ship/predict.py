@@ -25,6 +25,7 @@ import torch
 from asc_dist.cli import add_deprecated, add_tracking, add_verbose, parse_requiring, setup_logging
 from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import write_text_atomic
+from asc_dist.run.writable import require_writable
 from asc_dist.ship.audio import Windows, cut, find_audio, read_mono
 from asc_dist.ship.load import ShippedModel, load_model
 
@@ -129,6 +130,7 @@ def run_predict(cfg: PredictConfig) -> Prediction:
     out = Path(cfg.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
+    require_writable(out.parent, "the predictions' folder", "pass --out to a file in a folder you can write")
     model = load_model(cfg.model, cfg.mlflow_uri)
     log.info("model %s: %s, %d classes, %d Hz, %.2f s windows", model.source, model.kind, len(model.classes),
              model.sample_rate, model.clip_samples / model.sample_rate)

@@ -25,6 +25,7 @@ from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
+from asc_dist.run.writable import require_writable
 from asc_dist.study.plan import STUDY_PROFILES, TABLES, Row, best_single_teacher, rows, select
 
 log = logging.getLogger("asc_dist.study")
@@ -83,6 +84,7 @@ def run_study(cfg: StudyConfig) -> dict:
     cfg.data.check()
     run_dir = Path(cfg.run_dir).resolve()
     layout = RunLayout.of(run_dir)
+    require_writable(run_dir, "the run folder", "pass --run to a folder you can write")
     cfg = replace(cfg, run_dir=str(run_dir))
     for needed, step in ((layout.teachers_manifest, "teachers"), (layout.targets, "fusion")):
         if not needed.is_file():

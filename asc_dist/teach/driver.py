@@ -22,10 +22,11 @@ from asc_dist.cli import add_deprecated, add_shared, data_config, quiet_third_pa
 from asc_dist.data.prepare import DataConfig, prepare_store
 from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
-from asc_dist.run.diskspace import DiskFullError, existing_parent, require_free
+from asc_dist.run.diskspace import DiskFullError, require_free
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
 from asc_dist.run.logits import read_teacher_meta, teacher_logits_path
+from asc_dist.run.writable import require_writable
 from asc_dist.teach.folds import combine_folds, fold_trials, with_folds
 from asc_dist.teach.roster import TeacherConfig, load_roster, take
 from asc_dist.teach.trial import TeacherRunContext
@@ -103,13 +104,6 @@ def with_weights(roster: list[TeacherConfig], weights: dict[str, str]) -> list[T
     return [replace(t, weights=weights[t.family]) if t.family in weights else t for t in roster]
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail early if `run_dir` cannot be created or written, without creating anything."""
-    probe = existing_parent(run_dir)
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {run_dir} is not writable ({probe} is {'not a folder' if not probe.is_dir() else 'read-only'}); pass --run to a writable folder")
-
-
 def is_done(run_dir: Path, t: TeacherConfig, fingerprint: str, val_carve: tuple[float, int] = (0.15, 0)) -> bool:
     """Logits exist for this config, data and validation carve (another carve moves clips between train and
     val, so the teacher would have trained on the fusion's fit clips)."""
@@ -140,7 +134,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     check_amp(cfg.amp)
     cfg.data.check()
     roster = validate_teachers(roster, cfg.data.dirs)
-    check_writable(run_dir)
+    require_writable(run_dir, "the run folder", "pass --run to a folder you can write")
     uri = tracking.resolve_uri(run_dir, cfg.mlflow_uri)
     tracking.check_reachable(uri)
     with run_lock(run_dir):

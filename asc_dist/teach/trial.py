@@ -19,8 +19,8 @@ from asc_dist.data.store import WaveformStore
 from asc_dist.data.table import group_folds
 from asc_dist.infra import tracking
 from asc_dist.nets.features import FRONT_ENDS, LogMel
-from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 from asc_dist.run.atomic import atomic_path
+from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.logits import write_teacher_logits
 from asc_dist.teach.roster import TeacherConfig
