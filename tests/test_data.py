@@ -59,6 +59,25 @@ def test_check_reports_each_kind(real_tau):
     assert "problem corrupt: 1" in proc.stdout and "problem not_in_meta: 1" in proc.stdout
 
 
+def test_check_bom_duplicates_typo_label_and_no_val(real_tau):
+    """A spreadsheet's UTF-8 BOM is read, a repeated row is a problem (it would be packed twice), a label far rarer
+    than the rest and a missing validation split are warnings that name what to look at."""
+    meta = real_tau / "meta.csv"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert check_dataset(real_tau).ok
+    lines = meta.read_text(encoding="utf-8-sig").splitlines()
+    lines[1] = lines[1].replace("\tairport\t", "\tairprot\t")  # one clip with a typo label
+    meta.write_text("\n".join(lines) + "\n")
+    fold = real_tau / "evaluation_setup" / "fold1_train.csv"
+    fold.write_text(fold.read_text() + fold.read_text().splitlines()[2] + "\n")
+    report = check_dataset(real_tau)
+    assert report.problems["duplicate"] == [f"{fold.read_text().splitlines()[2].split(chr(9))[0]} (fold1_train.csv, 2 times)"]
+    assert any("'airprot' has 1 clip" in w for w in report.warnings)
+    assert any("no validation split" in w for w in report.warnings)  # real_tau trains each scene on one location
+    proc = run_cli("check", str(real_tau))
+    assert proc.returncode == 2 and "problem duplicate: 1" in proc.stdout and "warning: label 'airprot'" in proc.stdout
+
+
 def test_classes_come_from_the_data(real_tau):
     meta = real_tau / "meta.csv"
     lines = meta.read_text().splitlines()

@@ -7,6 +7,7 @@ channel count and duration default to the most common values in the dataset unle
 from __future__ import annotations
 
 import collections
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,9 @@ PROBLEM_HINTS = {
     "channels": "clips with an unexpected channel count",
     "not_in_meta": "split files name clips that meta.csv lacks",
     "label_mismatch": "split files give a scene label that differs from meta.csv",
+    "duplicate": "clips listed more than once in one csv (they would be packed and trained on twice: drop the repeats)",
 }
+RARE_LABEL_SHARE = 0.2  # a label with fewer clips than this share of the median label's is named (a typo?)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CheckReport:
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     problems: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # worth a look, not a reason to refuse the dataset
     expected: dict[str, float] = field(default_factory=dict)
     n_files: int = 0
 
@@ -64,6 +68,7 @@ class CheckReport:
                 lines.append(f"problem {kind}: {len(items)} {PROBLEM_HINTS.get(kind, '')}: {shown}")
         else:
             lines.append("\nno problems found")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -82,6 +87,27 @@ def _consistency(layout: TauLayout, report: CheckReport) -> None:
         for filename in files:
             if filename not in layout.meta:
                 report.add("not_in_meta", f"{filename} (split{percent})")
+
+
+def _label_warnings(layout: TauLayout, report: CheckReport) -> None:
+    """Labels that look like typos (far rarer than the rest), labels missing from a split, and no validation split."""
+    import numpy as np
+
+    table = build_clip_table(layout, val_fraction=0.15)
+    per_label = Counter(row.scene for row in layout.meta.values())
+    median = float(np.median(list(per_label.values())))
+    for label, n in sorted(per_label.items()):
+        if n < RARE_LABEL_SHARE * median:
+            report.warnings.append(f"label {label!r} has {n} clip(s) against a median of {median:g} per label: a typo in meta.csv? "
+                                   "(it becomes a class of its own)")
+    for split in ("train", "test"):
+        present = {table.classes[i] for i in table.label[table.split == split]}
+        missing = [c for c in table.classes if c not in present]
+        if missing and (table.split == split).any():
+            report.warnings.append(f"the {split} split has no clip of {', '.join(missing)}")
+    if not (table.split == "val").any():
+        report.warnings.append("no validation split: every class of fold1_train comes from one location, so none can be carved "
+                               "(--val-fraction); fusion and students need val: add locations or recordings")
 
 
 def _most_common(values: list) -> float | None:
@@ -129,6 +155,9 @@ def check_dataset(
             report.add("channels", f"{filename} ({info.channels} ch)")
         if abs(info.frames / info.samplerate - dur) > 1e-3:
             report.add("duration", f"{filename} ({info.frames / info.samplerate:.3f} s)")
+    for item in layout.duplicates:
+        report.add("duplicate", item)
     if not report.problems.get("not_in_meta"):
         report.counts = build_clip_table(layout, val_fraction=0.0).counts()
+        _label_warnings(layout, report)
     return report

@@ -10,6 +10,7 @@ validation carve-out, `val` = whole recording locations taken from fold1_train, 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class TauLayout:
     fold_evaluate: list[tuple[str, str | None]]
     fold_test: list[str]
     subsets: dict[int, list[str]] = field(default_factory=dict)
+    duplicates: list[str] = field(default_factory=list)  # "name (file)" for each clip listed twice in one csv
 
     @property
     def classes(self) -> list[str]:
@@ -58,7 +60,7 @@ class TauLayout:
 
 def _read_tsv(path: Path) -> list[dict[str, str]]:
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's UTF-8 BOM is not part of the header
             sample = fh.read(4096)
             fh.seek(0)
             delimiter = "\t" if "\t" in sample else ","
@@ -107,6 +109,7 @@ def read_layout(root: str | Path) -> TauLayout:
         )
     meta: dict[str, MetaRow] = {}
     rows = _read_tsv(meta_path)
+    duplicates = _listed_twice([r.get("filename") or "" for r in rows], meta_path)
     inside_root(root, [r.get("filename") or "" for r in rows], meta_path)
     for r in rows:
         try:
@@ -123,6 +126,7 @@ def read_layout(root: str | Path) -> TauLayout:
             raise DatasetError(f"{path} is missing: the TAU layout needs evaluation_setup/{name}.csv")
         folds[name] = _pairs(path)
         inside_root(root, [f for f, _ in folds[name]], path)
+        duplicates += _listed_twice([f for f, _ in folds[name]], path)
     subsets = {}
     for percent in SUBSET_PERCENTS:
         path = _find_subset_file(root, percent)
@@ -135,7 +139,13 @@ def read_layout(root: str | Path) -> TauLayout:
         fold_evaluate=folds["fold1_evaluate"],
         fold_test=[f for f, _ in folds["fold1_test"]],
         subsets=subsets,
+        duplicates=duplicates,
     )
+
+
+def _listed_twice(filenames: list[str], path: Path) -> list[str]:
+    counts = Counter(filenames)
+    return [f"{f} ({path.name}, {n} times)" for f, n in counts.items() if n > 1]
 
 
 @dataclass
