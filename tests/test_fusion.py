@@ -156,6 +156,15 @@ def test_bad_input_writes_nothing(tmp_path):
     assert not (tmp_path / "absent").exists()
 
 
+def test_logits_of_another_dataset_than_the_runs_are_refused(tmp_path):
+    """Every logits file swapped for another dataset's agrees with itself; teachers.json says what the run trained on."""
+    run_dir = make_run(tmp_path / "run", n=60)  # logits with data fingerprint "fp"
+    (run_dir / "teachers.json").write_text(json.dumps({"fingerprint": "another", "teachers": {}}))
+    with pytest.raises(LogitsError, match="another dataset"):
+        run_fusion(FusionConfig(run_dir))
+    assert not (run_dir / "fused").exists()
+
+
 def test_cli_exit_2_on_misaligned_teachers(tmp_path):
     run_dir = make_run(tmp_path / "run", signals=[1.0, 1.0], n=60)
     rng = np.random.default_rng(0)

@@ -110,3 +110,24 @@ def test_fp32_checkpoint_and_bad_model_paths(student, tmp_path):
         done = cli("--model-file", bad, str(clip), "--out", str(tmp_path / "x.csv"))
         assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_30_minute_file_is_predicted_in_bounded_memory(student, tmp_path):
+    """All 1,800 windows of a long recording used to go through one forward pass (5.1 GB peak); in batches of
+    --batch-size the whole process stays under 1.5 GB, and progress is logged inside the file."""
+    model, _ = student
+    long = tmp_path / "long.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(long, "w", samplerate=32000, channels=1, subtype="PCM_16") as f:
+        for _ in range(30):  # a minute at a time
+            f.write((0.1 * rng.standard_normal(60 * 32000)).astype(np.float32))
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "asc_dist.predict", "--model-file", str(model), str(long),
+                           "--out", str(tmp_path / "p.csv"), "--progress-s", "0"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = int(done.stdout.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 1536, f"peak RSS {peak_mb:.0f} MB"
+    assert "long.wav:" in done.stderr and "windows" in done.stderr  # progress inside the file
+    rows = list(csv.reader((tmp_path / "p.csv").open(), delimiter="\t"))
+    assert len(rows) == 2 and Path(rows[1][0]).name == "long.wav"

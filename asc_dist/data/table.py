@@ -10,8 +10,8 @@ validation carve-out, `val` = whole recording locations taken from fold1_train, 
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -222,6 +222,12 @@ def run_fusion(cfg: FusionConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     data = load_teachers(run_dir, cfg.teachers)
     require_writable(run_dir, "the run folder", "copy the run to a folder you can write and pass that as --run")
+    manifest = RunLayout.of(run_dir).teachers_manifest
+    run_fp = json.loads(manifest.read_text()).get("fingerprint") if manifest.is_file() else None
+    if run_fp and run_fp != data.fingerprint:  # every logits file swapped for another dataset's agrees with itself
+        raise LogitsError(f"the teacher logits under {RunLayout.of(run_dir).logits_dir} come from another dataset (fingerprint "
+                          f"{data.fingerprint}) than this run's teachers ({run_fp}, in {manifest}); re-run "
+                          f"`python -m asc_dist.teachers --run {run_dir}` on the run's data")  # fmt: skip
     fit_rows = data.mask(FIT_SPLIT)
     if not fit_rows.any():
         raise LogitsError(

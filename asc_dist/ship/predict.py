@@ -74,10 +74,18 @@ def predict(model: ShippedModel, items: list[str], batch_size: int = 64, progres
     start = last = time.perf_counter()
 
     def flush() -> None:
+        nonlocal last
         if not pending:
             return
-        waves = torch.from_numpy(np.concatenate([w.waves for w in pending]))
-        log_probs = torch.log_softmax(model.logits(waves).float(), dim=1).numpy()
+        waves = np.concatenate([w.waves for w in pending]) if len(pending) > 1 else pending[0].waves
+        parts = []
+        for lo in range(0, len(waves), batch_size):  # a long file's windows in batches: memory stays bounded
+            parts.append(torch.log_softmax(model.logits(torch.from_numpy(waves[lo : lo + batch_size])).float(), dim=1).numpy())
+            now = time.perf_counter()
+            if now - last >= progress_s and lo + batch_size < len(waves):
+                log.info("predict: %s: %d/%d windows", pending[-1].name, lo + batch_size, len(waves))
+                last = now
+        log_probs = np.concatenate(parts)
         at = 0
         for w in pending:
             result.files.append(FilePrediction(w.name, log_probs[at : at + len(w.waves)], w.starts_s, w.padded))
