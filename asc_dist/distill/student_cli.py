@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 from asc_dist.cli import add_deprecated, add_shared, data_config, parse_list, quiet_third_party, setup_logging
 from asc_dist.distill.config import TARGET_KINDS, StudentConfig
 from asc_dist.distill.student import train_student
 from asc_dist.errors import ConfigError
+from asc_dist.infra import tracking
+from asc_dist.infra.offline import say_untracked
 from asc_dist.run.lock import run_lock
 from asc_dist.run.writable import require_writable
 from asc_dist.training.trainer import AMP_MODES
@@ -91,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     cfg.validate()  # before any data preparation or training
     require_writable(cfg.run_dir, "the run folder", "pass --run to a folder you can write")
+    started = time.time()
     with run_lock(cfg.run_dir):
         result = train_student(cfg)
+    say_untracked(cfg.run_dir, started, tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=str))
     return 0
 

@@ -25,6 +25,7 @@ from asc_dist.distill.recipe import check_targets
 from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
 from asc_dist.infra.cluster import stop_trials
+from asc_dist.infra.offline import say_untracked
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
 from asc_dist.run.layout import STUDENT_RESULT, RunLayout
@@ -140,6 +141,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
     sweep.validate()
     sweep = replace(sweep, run_dir=str(Path(sweep.run_dir).resolve()))  # trials run in other working folders
     require_writable(sweep.run_dir, "the run folder", "pass --run to a folder you can write")
+    started = time.time()
     uri = tracking.resolve_uri(sweep.run_dir, sweep.mlflow_uri)
     tracking.check_reachable(uri)
     if sweep.address:
@@ -177,6 +179,7 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
 
             log_sweep_report(parent, rows, RunLayout.of(sweep.run_dir))
     write_text_atomic(results_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id, "trials": rows}, indent=2, default=str))
+    say_untracked(sweep.run_dir, started, uri)
     return rows
 
 

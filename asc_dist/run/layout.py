@@ -4,6 +4,7 @@
       .lock                              one writer at a time (asc_dist/run/lock.py)
       data/                              the embedded synthetic dataset when no --data is given
       mlflow.db, mlartifacts/            MLflow's default store (asc_dist/infra/tracking.py)
+      mlflow-offline/                    tracking calls a lost MLflow server did not take (asc_dist/infra/offline.py)
       teachers.json                      what each teacher scored and where its logits are
       logits/teacher=NAME/part-0.parquet one Parquet file per teacher (docs/CONTRACTS.md)
       teachers/NAME/model.pt             a trained teacher's weights (an online teacher: --targets online:NAME)
@@ -57,6 +58,10 @@ class RunLayout:
     def mlflow_artifacts(self) -> Path:
         """Beside the sqlite database, wherever that is (a run's own or one named by --mlflow-uri)."""
         return self.root / "mlartifacts"
+
+    @property
+    def mlflow_offline(self) -> Path:
+        return self.root / "mlflow-offline"
 
     @property
     def ray_results(self) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 from asc_dist.cli import add_shared, data_config, parse_list, quiet_third_party, run_main, setup_logging
 from asc_dist.data.prepare import DataConfig
 from asc_dist.errors import ConfigError
+from asc_dist.infra.offline import say_untracked
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
@@ -191,6 +192,7 @@ def run_study(cfg: StudyConfig) -> dict:
                    "wall_s": time.perf_counter() - start}  # fmt: skip
         write_text_atomic(RunLayout.of(run_dir).study_json, json.dumps(payload, indent=1, default=str))
         write_text_atomic(RunLayout.of(run_dir).study_md, text)
+    say_untracked(run_dir, time.time() - (time.perf_counter() - start), uri)
     print(text)
     return payload
 

@@ -21,6 +21,7 @@ from asc_dist.cli import add_deprecated, add_shared, data_config, quiet_third_pa
 from asc_dist.data.prepare import DataConfig, prepare_store
 from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
+from asc_dist.infra.offline import say_untracked
 from asc_dist.run.diskspace import DiskFullError, require_free
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
@@ -141,6 +142,7 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
 
 
 def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path, uri: str) -> list[dict]:
+    started = time.time()
     store = prepare_store(cfg.data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     carve = (cfg.data.val_fraction, cfg.data.val_seed)
@@ -189,6 +191,7 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             results = {t.name: combine_folds(run_dir, t, store, cfg.data.val_fraction, cfg.data.val_seed, store.fingerprint)
                        for t in todo if all(is_done(trial_dir, ft, store.fingerprint, carve) for ft in fold_trials(t))}
     rows = _manifest(run_dir, roster, results, store.fingerprint)
+    say_untracked(run_dir, started, uri)
     print(format_summary(rows))
     failed = [t.name for t in todo if t.name not in results]
     if failed and any(DISK_FULL in (e or "") for e in errors.values()):
