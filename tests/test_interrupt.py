@@ -94,3 +94,31 @@ def test_sigterm_is_an_interrupt_too(tmp_path, synth_root, sig):
     client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("students").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_sigint_during_teachers_is_killed_not_failed_and_the_rerun_finishes(tmp_path, synth_root):
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("defaults: {size: tiny, epochs: 6, lr: 0.002, batch_size: 16}\nteachers:\n  - {name: cnn, family: cnn, seed: 1}\n")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "asc_dist.teachers", "--run", str(run), "--data", str(synth_root), "--roster", str(roster)]
+    log = tmp_path / "teachers.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 240
+    while "epoch 1/6" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 130
+    text = log.read_text()
+    assert text.strip().splitlines()[-1].startswith("interrupted:")
+    assert "retries" not in text and "Tuner.restore" not in text
+    assert not (run / "logits" / "teacher=cnn").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("teachers").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert (run / "checkpoints" / "teachers" / "cnn.pt").is_file()  # the epochs done are kept
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "logits" / "teacher=cnn" / "part-0.parquet").is_file()

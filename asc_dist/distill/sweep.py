@@ -208,6 +208,8 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
 
     trials = [{"preset": p, "kd_lambda": lam, "temperature": t, "sample": s}
               for p in sweep.presets for lam in sweep.kd_lambdas for t in sweep.temperatures for s in range(sweep.num_samples)]
+    for trial in trials:
+        trial_checkpoint(sweep, trial, fingerprint).vet(f"trial {_student(sweep, trial, None, '').run_name}")
     scheduler = asha(sweep.epochs) if sweep.scheduler == "asha" else FIFOScheduler()
     sweep_dict = {**asdict(sweep), "data": asdict(sweep.data)}
     tuner = tune.Tuner(

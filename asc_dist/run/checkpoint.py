@@ -76,6 +76,19 @@ class TrialCheckpoint:
             return None
         return state
 
+    def vet(self, what: str) -> None:
+        """In the driver, before any trial starts: a torn checkpoint is named in the step's own log and removed (the
+        trial starts from epoch 1); a foreign one (more than tensors and plain data) stops the step with one line.
+        Inside a trial the first went unheard and the second failed three times, buried in Ray's tracebacks."""
+        if not self.path.is_file():
+            return
+        try:
+            load_plain(self.path)
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            log.warning("%s: its checkpoint %s is unreadable (%s); removed, %s starts from epoch 1", what, self.path,
+                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__, what)  # fmt: skip
+            self.path.unlink(missing_ok=True)
+
     def mark_stopped(self, metrics: dict) -> None:
         from asc_dist.run.atomic import write_text_atomic
 

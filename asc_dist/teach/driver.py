@@ -170,9 +170,10 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             trial_dir = RunLayout.of(run_dir).folds_dir
             trial_ctx = replace(ctx, run_dir=str(trial_dir))
             trials = [ft for t in todo for ft in fold_trials(t) if cfg.force or not is_done(trial_dir, ft, store.fingerprint, carve)]
-        if cfg.force:
-            for t in trials:
+        for t in trials:
+            if cfg.force:
                 teacher_checkpoint(t, trial_ctx).clear()  # --force retrains from epoch 1
+            teacher_checkpoint(t, trial_ctx).vet(f"teacher {t.name}")
         # MLflow's store (created once, before trials race to migrate it; runs a killed driver left RUNNING marked)
         # is readied in a thread while Ray starts: both are seconds of waiting on every call
         with ThreadPoolExecutor(1) as pool:
