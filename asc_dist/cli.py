@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from asc_dist.errors import AscDistError, ConfigError
-from asc_dist.infra.interrupt import EXIT_INTERRUPTED, INTERRUPTED, interrupt_on_sigterm
+from asc_dist.infra.interrupt import EXIT_INTERRUPTED, INTERRUPTED, interrupt_on_sigterm, this_command
 
 EXIT_USER_ERROR = 2
 DEFAULT_RUN = "runs/demo"
@@ -166,6 +166,6 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
                   "(rerun with -v for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(INTERRUPTED.format(command=this_command()), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or 0)

@@ -122,3 +122,36 @@ def test_sigint_during_teachers_is_killed_not_failed_and_the_rerun_finishes(tmp_
     again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run / "logits" / "teacher=cnn" / "part-0.parquet").is_file()
+
+
+def test_sigint_during_the_pipelines_sweep_then_the_rerun_finishes(tmp_path, synth_root):
+    """The probe of the issue: Ctrl-C during the pipeline's sweep used to exit 0 with "pipeline done", an epoch-1
+    student quantised and registered, and a rerun with nothing to do."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "asc_dist.pipeline", "--run", str(run), "--data", str(synth_root), "--n", "2", "--teacher-epochs", "1",
+           "--presets", "sm1", "--kd-lambda", "0.02,0.5", "--student-epochs", str(EPOCHS), "--qat-epochs", "1"]  # fmt: skip
+    log = tmp_path / "pipeline.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 400
+    while f"epoch 1/{EPOCHS}" not in log.read_text():  # teachers train 1 epoch: this is the sweep
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 130
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("interrupted:") and "python -m asc_dist.pipeline --run" in last  # names the command that continues
+    assert not (run / "sweep" / "results.json").exists() and not (run / "report.md").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    assert client.search_registered_models() == []
+    sweep_runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert sweep_runs and all(r.info.status == "KILLED" for r in sweep_runs), [(r.info.run_name, r.info.status) for r in sweep_runs]
+    with run_lock(run):
+        pass
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep" in again.stderr and (run / "report.md").is_file()
+    trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]
+    assert len(trials) == 2 and all(t["val_acc"] is not None and t["error"] is None for t in trials)
+    assert any(t.get("registered_model") for t in trials)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 EXIT_INTERRUPTED = 130
 INTERRUPTED = ("interrupted: nothing was recorded as finished (unfinished MLflow runs are KILLED, epoch checkpoints are "
-               "kept); run the same command again to continue")
+               "kept); to continue, run the same command again: {command}")
+
+
+def this_command() -> str:
+    """The command line that started this process, as a user would type it again."""
+    import shlex
+    import sys
+
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    if argv and argv[0] == sys.executable:
+        argv[0] = "python"
+    return shlex.join(argv)
 
 
 def interrupt_on_sigterm() -> None:
