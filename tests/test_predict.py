@@ -87,15 +87,20 @@ def test_broken_files_are_named_the_good_ones_predicted(student, tmp_path):
     sf.write(folder / "short_8k.flac", np.random.default_rng(0).normal(0, 0.1, 2400), 8000)  # 0.3 s: padded to one window
     (folder / "text.wav").write_text("not audio at all")
     (folder / "cut.wav").write_bytes((scenes / "park.wav").read_bytes()[:30])  # header cut short
+    (folder / "torn.wav").write_bytes((scenes / "metro.wav").read_bytes()[:3000])  # header promises 10 s, 10 ms are there
     sf.write(folder / "empty.wav", np.zeros((0, 2)), 48000)
     (folder / "notes.txt").write_text("ignored: not an audio suffix")
     out = tmp_path / "pred.csv"
-    done = cli("--model-file", str(model_file.parent), str(folder), "--out", str(out))  # a student folder works too
+    done = cli("--model-file", str(model_file.parent), str(folder), str(tmp_path / "absent.wav"), "--out", str(out))  # a student folder works too
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    for bad in ("text.wav", "cut.wav", "empty.wav"):
+    for bad in ("text.wav", "cut.wav", "empty.wav", "torn.wav", "absent.wav"):
         assert sum(bad in line for line in errors) == 1, errors
-    assert "3 of 6 file(s) could not be read" in errors[-1]
+    assert any("torn.wav: cannot be read (truncated: its header declares 10.00 s of audio, the file holds 0.0" in e for e in errors)
+    assert any("absent.wav: cannot be read (no such file)" in e for e in errors)
+    assert "System error" not in done.stderr
+    assert "5 of 8 file(s) could not be read" in errors[-1]
+    assert "short_8k.flac is 0.30 s long, shorter than one 1.00-s window" in done.stderr
     _, rows = read_dcase(out)
     assert sorted(r["filename"] for r in rows) == ["bus.wav", "short_8k.flac", "sub/tram.wav"]
 
@@ -109,6 +114,11 @@ def test_fp32_checkpoint_and_bad_model_paths(student, tmp_path):
     for bad in (str(tmp_path / "missing.pt"), str(tmp_path)):
         done = cli("--model-file", bad, str(clip), "--out", str(tmp_path / "x.csv"))
         assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error:")
+    readme = tmp_path / "report.md"  # a wrong file the user gave: named as not a model, never "delete it"
+    readme.write_text("# report\n")
+    done = cli("--model-file", str(readme), str(clip), "--out", str(tmp_path / "x.csv"))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "is not a model file asc-dist wrote" in last and "delete" not in last and "model_int8.pt" in last
     assert not (tmp_path / "x.csv").exists()
 
 

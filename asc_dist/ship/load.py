@@ -148,13 +148,18 @@ def _from_checkpoint(path: Path) -> ShippedModel:
     from asc_dist.ship.format import WaveToLogits
     from students.presets import build_student
 
+    wanted = "give model_int8.pt / model.pt, model.onnx / model_int8.onnx, a student folder (RUN/students/NAME) or models:/NAME/VERSION"
     try:
         ckpt = load_plain(path)
+    except ConfigError:  # not a torch file of tensors and plain data: not ours, and not the user's to delete
+        raise ConfigError(f"--model-file {path} is not a model file asc-dist wrote; {wanted}") from None
+    try:
         cfg = dict(ckpt["config"])  # a StudentConfig as a dict (asc_dist/distill/config.py)
         family, preset, norm = cfg["model"], cfg["preset"], cfg["norm"]
         meta = _checkpoint_meta(ckpt)
     except (KeyError, TypeError, RuntimeError, EOFError, OSError) as exc:
-        raise ConfigError(f"{path} is not a student checkpoint written by asc-dist ({type(exc).__name__}: {str(exc)[:120]})") from None
+        what = f"no {exc} inside" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:120]
+        raise ConfigError(f"--model-file {path} is not a student checkpoint written by asc-dist ({what}); {wanted}") from None
     model = build_student(family, preset, n_classes=len(meta["classes"]), norm=norm)
     model.load_state_dict(ckpt["model"])
     front = LogMel(FRONT_ENDS[getattr(model, "front_end", "student")])

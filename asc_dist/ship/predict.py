@@ -100,6 +100,9 @@ def predict(model: ShippedModel, items: list[str], batch_size: int = 64, progres
             print(f"error: {path}: cannot be read ({reason})", flush=True, file=sys.stderr)
             result.failed.append((str(path), reason))
             continue
+        if windows.padded:
+            log.warning("%s is %.2f s long, shorter than one %.2f-s window: zero-padded to one window, its prediction rests on "
+                        "little audio", path, windows.seconds, model.clip_samples / model.sample_rate)  # fmt: skip
         pending.append(windows)
         if sum(len(w.waves) for w in pending) >= batch_size:
             flush()
@@ -150,8 +153,8 @@ def run_predict(cfg: PredictConfig) -> Prediction:
         if cfg.windows:
             write_text_atomic(out.with_suffix(".windows.csv"), windows_csv(pred))
         n_win = sum(len(f.log_probs) for f in pred.files)
-        log.info("predicted %d file(s) (%d windows) in %.1f s (%.1f files/s) -> %s", len(pred.files), n_win, wall,
-                 len(pred.files) / max(wall, 1e-9), out)
+        log.info("predicted %d file(s) (%d windows) in %.1f s (%.1f files/s) -> %s%s", len(pred.files), n_win, wall,
+                 len(pred.files) / max(wall, 1e-9), out, f" and {out.with_suffix('.windows.csv')}" if cfg.windows else "")
     if pred.failed:
         kept = f"the predictions of the other {len(pred.files)} are in {out}" if pred.files else "nothing was written"
         raise ConfigError(f"{len(pred.failed)} of {len(pred.failed) + len(pred.files)} file(s) could not be read (named above); {kept}")
@@ -163,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-file", default=None, help="the model to run: model_int8.pt / model.pt, model.onnx / model_int8.onnx, "
                    "a student folder (RUN/students/NAME), or models:/NAME/VERSION (required)")
     add_deprecated(p, "--model", "--model-file", dest="model_file")
-    p.add_argument("audio", nargs="+", help="audio files and/or folders (recursive)")
+    p.add_argument("audio", nargs="+", help="audio files and/or folders (recursive); the CSV's filename column is a file's path "
+                   "relative to the folder given, or the path of a file as given")
     p.add_argument("--out", default="predictions.csv", help="the DCASE CSV to write (tab-separated)")
     p.add_argument("--windows", action="store_true", help="also write OUT with .windows.csv: one row per window")
     p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
