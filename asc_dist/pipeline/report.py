@@ -54,13 +54,14 @@ def _margin_sentence(teachers: list[dict], run_dir: Path) -> str:
     """Distillation needs teachers well above their students: say by how much, and when it is not enough."""
     sweep = RunLayout.of(run_dir).sweep_results
     students = json.loads(sweep.read_text())["trials"] if sweep.is_file() else []
-    best_t = max((r for r in teachers if isinstance(r.get("test_acc"), (int, float))), key=lambda r: r["test_acc"], default=None)
-    best_s = max((r for r in students if isinstance(r.get("test_acc"), (int, float))), key=lambda r: r["test_acc"], default=None)
+    scored = [r for r in teachers if isinstance(r.get("test_acc"), (int, float))]
+    best_t = max(scored, key=lambda r: r.get("val_acc") or 0.0, default=None)  # every "best" is chosen on val
+    best_s = max((r for r in students if isinstance(r.get("test_acc"), (int, float))), key=lambda r: r.get("val_acc") or 0.0, default=None)
     if best_t is None or best_s is None:
         return "Teacher-student margin: not available yet (no scored teacher or student)."
     margin = 100 * (best_t["test_acc"] - best_s["test_acc"])
-    text = (f"Best teacher {best_t['teacher']} {_pct(best_t['test_acc'])} % vs best student {best_s.get('name', '?')} "
-            f"{_pct(best_s['test_acc'])} % on test: a margin of {margin:.1f} points.")
+    text = (f"Best teacher on val, {best_t['teacher']}, scores {_pct(best_t['test_acc'])} % on test; the best student on val, "
+            f"{best_s.get('name', '?')}, {_pct(best_s['test_acc'])} %: a margin of {margin:.1f} points.")
     if margin < 10:
         text += (" That is under the 10 points distillation needs to help reliably: this profile's budget buys too little "
                  "teacher training (more teacher epochs, context teachers or pretrained weights widen it).")
@@ -115,9 +116,11 @@ def _int8_section(rows: list[dict]) -> list[str]:
               "ran, so noisy; a quiet side-by-side comparison is `OMP_NUM_THREADS=1 python ops/bench_students.py`."]
     registered = [r for r in best if r.get("registered_model")]
     if registered:
+        top = max(registered, key=lambda r: r.get("int8_val_acc") or r.get("val_acc") or 0.0)
         lines += ["", "Registered in MLflow (pyfunc: float32 waveform windows in, class probabilities out): "
-                  + ", ".join(f"`{r['registered_model']}`" for r in registered) + ". Classify files with:", "",
-                  f"    python -m asc_dist.predict --model {registered[0]['int8_torchscript']} AUDIO_FILES_OR_FOLDERS --out predictions.csv"]
+                  + ", ".join(f"`{r['registered_model']}`" for r in registered)
+                  + f". Classify files with the best of them on val ({top.get('name', '?')}):", "",
+                  f"    python -m asc_dist.predict --model-file {top['int8_torchscript']} AUDIO_FILES_OR_FOLDERS --out predictions.csv"]
     return lines
 
 

@@ -150,9 +150,15 @@ def run_study(cfg: StudyConfig) -> dict:
             pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id)): j for j, (row, seed) in todo.items()}
             done = 0
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                j = pending.pop(ready[0])
-                result = ray.get(ready[0])
+                try:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    j = pending.pop(ready[0])
+                    result = ray.get(ready[0])
+                except KeyboardInterrupt:  # finished students are kept in RUN/study/results/; a rerun trains the rest
+                    from asc_dist.infra.cluster import stop_trials
+
+                    stop_trials(uri, cfg.experiment, str(run_dir))
+                    raise
                 write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": jobs[j][1]}, default=str))
                 done += 1
                 elapsed = time.perf_counter() - start
