@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +117,24 @@ def make_targets(run_dir: Path, store, drop: int = 0) -> None:
     keep = np.arange(len(table))[drop:]
     write_targets(run_dir, table.filename[keep], table.split[keep], table.device[keep], table.label[keep],
                   logits[keep], logits[keep] * 0.5, store.classes, ["synthetic-teacher"], store.fingerprint)
+
+
+def step_env() -> dict:
+    """The environment a step's subprocess gets in tests: one thread, a Ray of its own."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
+
+
+def start_until(cmd: list[str], log: Path, text: str, timeout_s: float = 240) -> subprocess.Popen:
+    """Start a step in its own process group (as a terminal would), stderr to `log`, and return once `text` shows
+    there: the step is then mid-work, ready for a signal or a lost service."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=step_env(), start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{text!r} did not show within {timeout_s} s:\n" + log.read_text()[-3000:]
+        time.sleep(0.2)
+    return proc
 
 
 from tests.mlflow_server import mlflow_server, mlflow_server_dir  # noqa: E402,F401  (session fixtures: a real server)

@@ -13,14 +13,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from asc_dist.run.lock import run_lock
-from tests.conftest import make_targets
+from tests.conftest import make_targets, start_until, step_env
 
 EPOCHS = 6
 
@@ -30,21 +29,11 @@ def _tune_cmd(run: Path, root: Path) -> list[str]:
             "--epochs", str(EPOCHS), "--scheduler", "fifo", "--qat-epochs", "1", "--cpus-per-trial", "1"]  # fmt: skip
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
-
-
 def test_sigint_during_the_sweep_records_nothing_and_the_rerun_finishes(tmp_path, synth_root, synth_store):
     run = tmp_path / "run"
     make_targets(run, synth_store)
     log = tmp_path / "tune.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(_tune_cmd(run, synth_root), stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 240
-    while not re.search(r"epoch 1/%d" % EPOCHS, log.read_text()):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no trial reached epoch 1 within 240 s:\n" + log.read_text()[-3000:]
-        time.sleep(0.5)
+    proc = start_until(_tune_cmd(run, synth_root), log, f"epoch 1/{EPOCHS}")
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     rc = proc.wait(timeout=180)
     text = log.read_text()
@@ -58,7 +47,7 @@ def test_sigint_during_the_sweep_records_nothing_and_the_rerun_finishes(tmp_path
     with run_lock(run):  # free: the interrupted process let go of it
         pass
 
-    again = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=_env(), timeout=600)
+    again = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=step_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]
     assert len(trials) == 2 and all(t["test_acc"] is not None and not t["stopped_early"] for t in trials)
@@ -68,7 +57,7 @@ def test_sigint_during_the_sweep_records_nothing_and_the_rerun_finishes(tmp_path
 def test_tune_refuses_incomplete_targets_before_ray_starts(tmp_path, synth_root, synth_store):
     run = tmp_path / "run"
     make_targets(run, synth_store, drop=10)
-    done = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=_env(), timeout=300)
+    done = subprocess.run(_tune_cmd(run, synth_root), capture_output=True, text=True, env=step_env(), timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "Ray:" not in done.stderr  # refused before Ray started
     assert re.search(r"error: 10 of \d+ training clips have no target", done.stderr)
@@ -81,12 +70,7 @@ def test_sigterm_is_an_interrupt_too(tmp_path, synth_root, sig):
     cmd = [sys.executable, "-m", "asc_dist.students", "--run", str(run), "--data", str(synth_root), "--targets", "none",
            "--preset", "sm1", "--epochs", "50"]  # fmt: skip
     log = tmp_path / "students.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 180
-    while "epoch 1/50" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+    proc = start_until(cmd, log, "epoch 1/50")
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
     text = log.read_text()
@@ -102,12 +86,7 @@ def test_sigint_during_teachers_is_killed_not_failed_and_the_rerun_finishes(tmp_
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "asc_dist.teachers", "--run", str(run), "--data", str(synth_root), "--roster", str(roster)]
     log = tmp_path / "teachers.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 240
-    while "epoch 1/6" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
+    proc = start_until(cmd, log, "epoch 1/6")
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=180) == 130
     text = log.read_text()
@@ -119,7 +98,7 @@ def test_sigint_during_teachers_is_killed_not_failed_and_the_rerun_finishes(tmp_
     assert [r.info.status for r in runs] == ["KILLED"]
     assert (run / "checkpoints" / "teachers" / "cnn.pt").is_file()  # the epochs done are kept
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=step_env(), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run / "logits" / "teacher=cnn" / "part-0.parquet").is_file()
 
@@ -131,12 +110,7 @@ def test_sigint_during_the_pipelines_sweep_then_the_rerun_finishes(tmp_path, syn
     cmd = [sys.executable, "-m", "asc_dist.pipeline", "--run", str(run), "--data", str(synth_root), "--n", "2", "--teacher-epochs", "1",
            "--presets", "sm1", "--kd-lambda", "0.02,0.5", "--student-epochs", str(EPOCHS), "--qat-epochs", "1"]  # fmt: skip
     log = tmp_path / "pipeline.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
-    deadline = time.monotonic() + 400
-    while f"epoch 1/{EPOCHS}" not in log.read_text():  # teachers train 1 epoch: this is the sweep
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+    proc = start_until(cmd, log, f"epoch 1/{EPOCHS}", timeout_s=400)  # teachers train 1 epoch: this is the sweep
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=180) == 130
     last = log.read_text().strip().splitlines()[-1]
@@ -149,7 +123,7 @@ def test_sigint_during_the_pipelines_sweep_then_the_rerun_finishes(tmp_path, syn
     with run_lock(run):
         pass
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=step_env(), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sweep" in again.stderr and (run / "report.md").is_file()
     trials = json.loads((run / "sweep" / "results.json").read_text())["trials"]

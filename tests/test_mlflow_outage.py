@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,14 +18,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.conftest import start_until, step_env
 from tests.mlflow_server import server_module
 
 ROSTER = "defaults: {size: tiny, epochs: 8, lr: 0.002, batch_size: 16}\nteachers:\n  - {name: cnn, family: cnn, seed: 1}\n"
 BOUND_S = 300  # the teachers finish within this after the server is killed (it was over 17 minutes, with no logits)
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
 
 
 def test_a_server_killed_mid_run_costs_no_work_and_is_replayed(tmp_path, synth_root):
@@ -41,12 +37,7 @@ def test_a_server_killed_mid_run_costs_no_work_and_is_replayed(tmp_path, synth_r
     cmd = [sys.executable, "-m", "asc_dist.teachers", "--run", str(run), "--data", str(synth_root), "--roster", str(roster),
            "--mlflow-uri", url]  # fmt: skip
     try:
-        with open(log, "w") as err:
-            teachers = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(), start_new_session=True)
-        deadline = time.monotonic() + 240
-        while "epoch 1/8" not in log.read_text():
-            assert teachers.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        teachers = start_until(cmd, log, "epoch 1/8")
     finally:
         ops.stop(proc)  # the server goes away during the run
     killed = time.monotonic()
@@ -61,7 +52,7 @@ def test_a_server_killed_mid_run_costs_no_work_and_is_replayed(tmp_path, synth_r
     url, proc = ops.start(server_dir, port=port)  # the server is back, same store
     try:
         replay = subprocess.run([sys.executable, "-m", "asc_dist.tracking", "replay", "--run", str(run), "--mlflow-uri", url],
-                                capture_output=True, text=True, timeout=300, env=_env())  # fmt: skip
+                                capture_output=True, text=True, timeout=300, env=step_env())  # fmt: skip
         assert replay.returncode == 0, replay.stderr[-3000:]
         assert json.loads(replay.stdout)["replayed"] >= 1
         assert not list((run / "mlflow-offline").glob("*.jsonl"))  # moved to replayed/
@@ -105,7 +96,7 @@ def test_a_server_that_answers_errors_is_one_line_and_leaves_nothing(tmp_path, s
     try:
         done = subprocess.run([sys.executable, "-m", "asc_dist.teachers", "--run", str(run), "--data", str(synth_root), "--n", "1",
                                "--mlflow-uri", f"http://127.0.0.1:{server.server_address[1]}"],
-                              capture_output=True, text=True, timeout=180, env=_env())  # fmt: skip
+                              capture_output=True, text=True, timeout=180, env=step_env())  # fmt: skip
     finally:
         server.shutdown()
     lines = [x for x in done.stderr.splitlines() if x.strip()]

@@ -89,18 +89,24 @@ class TrialCheckpoint:
                         str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__, what)  # fmt: skip
             self.path.unlink(missing_ok=True)
 
-    def mark_stopped(self, metrics: dict) -> None:
+    def _mark(self, path: Path, field: str, values: dict) -> None:
         from asc_dist.run.atomic import write_text_atomic
 
-        plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        write_text_atomic(self.stopped_path, json.dumps({"key": self.key, "metrics": plain}))
+        plain = {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        write_text_atomic(path, json.dumps({"key": self.key, field: plain}))
+
+    def _marked(self, path: Path, field: str) -> dict | None:
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        return saved[field] if saved.get("key") == self.key else None
+
+    def mark_stopped(self, metrics: dict) -> None:
+        self._mark(self.stopped_path, "metrics", metrics)
 
     def stopped(self) -> dict | None:
         """The last metrics of a trial a scheduler stopped under this key, else None."""
-        if not self.stopped_path.is_file():
-            return None
-        saved = json.loads(self.stopped_path.read_text())
-        return saved["metrics"] if saved.get("key") == self.key else None
+        return self._marked(self.stopped_path, "metrics")
 
     @property
     def finished_path(self) -> Path:
@@ -108,17 +114,11 @@ class TrialCheckpoint:
 
     def mark_finished(self, result: dict) -> None:
         """The trial's final report, so a rerun after an interrupt reports it again instead of training it again."""
-        from asc_dist.run.atomic import write_text_atomic
-
-        plain = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        write_text_atomic(self.finished_path, json.dumps({"key": self.key, "result": plain}))
+        self._mark(self.finished_path, "result", result)
 
     def finished(self) -> dict | None:
         """The final report of a trial that finished under this key, else None."""
-        if not self.finished_path.is_file():
-            return None
-        saved = json.loads(self.finished_path.read_text())
-        return saved["result"] if saved.get("key") == self.key else None
+        return self._marked(self.finished_path, "result")
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
