@@ -97,3 +97,17 @@ def test_rows_and_preset_pick_and_key_the_students(study):
         run_study(replace(cfg, rows=("bogus",)))
     with pytest.raises(ConfigError, match="not a dsflexinet preset"):
         run_study(replace(cfg, preset="sm9"))
+
+
+def test_the_progress_line_names_each_training_student(tmp_path):
+    """Students of 24 epochs take a quarter of an hour each on two cores: the driver says where each one is."""
+    from asc_dist.run.layout import RunLayout
+    from asc_dist.study.__main__ import _progress_line
+    from asc_dist.study.plan import Row
+
+    layout = RunLayout.of(tmp_path)
+    layout.study_progress("a").parent.mkdir(parents=True)
+    layout.study_progress("a").write_text(json.dumps({"epoch": 14, "epochs": 24, "val_acc": 0.7, "clips_per_s": 88.0}))
+    jobs = {"a": (Row("IV", "no KD"), 2), "b": (Row("IV", "fused teachers"), 1)}
+    line = _progress_line(layout, {"ref-a": "a", "ref-b": "b"}, jobs, 3, 5, 600.0)
+    assert line == "study: 3/5 students trained in 10 min; no KD seed 2 at epoch 14/24 (val 70.0 %, 88 clips/s); 1 queued or in their first epoch"

@@ -160,6 +160,10 @@ class RunLayout:
         """One trained student of the study (what a rerun reuses)."""
         return self.study_results / f"{job}.json"
 
+    def study_progress(self, job: str) -> Path:
+        """The last epoch of a student the study is training (its progress line reads it)."""
+        return self.study_dir / "progress" / f"{job}.json"
+
     @property
     def study_md(self) -> Path:
         return self.root / "study.md"

@@ -30,6 +30,7 @@ from asc_dist.run.writable import require_writable
 from asc_dist.study.plan import STUDY_PROFILES, TABLES, Row, best_single_teacher, rows, select
 
 log = logging.getLogger("asc_dist.study")
+PROGRESS_S = 60.0  # a progress line at least this often while students train
 
 
 @dataclass
@@ -72,11 +73,37 @@ def _student(cfg: StudyConfig, profile, row: Row, seed: int, uri: str, parent: s
                          device="cpu" if qat else "auto")  # fmt: skip
 
 
+def _train_and_report(cfg, progress: str) -> dict:
+    """One study student in a Ray worker; after each epoch its numbers go to `progress` for the driver's progress
+    line (a worker's own log does not reach the driver)."""
+    from asc_dist.distill.student import train_student
+
+    def report(metrics: dict, _state: dict) -> None:
+        Path(progress).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(progress, json.dumps({k: metrics.get(k) for k in ("epoch", "epochs", "val_acc", "clips_per_s")}))
+
+    return train_student(cfg, report=report)
+
+
+def _progress_line(layout: RunLayout, pending: dict, jobs: dict, done: int, total: int, elapsed: float) -> str:
+    parts, queued = [], 0
+    for j in pending.values():
+        path = layout.study_progress(j)
+        if not path.is_file():  # queued, or in its first epoch
+            queued += 1
+            continue
+        p = json.loads(path.read_text())
+        row, seed = jobs[j]
+        parts.append(f"{row.label} seed {seed} at epoch {p['epoch']}/{p['epochs']} (val {100 * (p.get('val_acc') or 0):.1f} %, "
+                     f"{p.get('clips_per_s') or 0:.0f} clips/s)")  # fmt: skip
+    return (f"study: {done}/{total} students trained in {elapsed / 60:.0f} min; " + "; ".join(parts)
+            + f"{'; ' if parts else ''}{queued} queued or in their first epoch")
+
+
 def run_study(cfg: StudyConfig) -> dict:
     import ray
 
     from asc_dist.data.prepare import prepare_store
-    from asc_dist.distill.student import train_student
     from asc_dist.infra import tracking
     from asc_dist.infra.cluster import connect
     from asc_dist.study import report
@@ -146,12 +173,16 @@ def run_study(cfg: StudyConfig) -> dict:
                  len(jobs), len(todo), len(jobs) - len(todo))  # fmt: skip
         if todo:
             connect(cfg.address)
-            task = ray.remote(num_cpus=1)(train_student)
-            pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id)): j for j, (row, seed) in todo.items()}
+            task = ray.remote(num_cpus=1)(_train_and_report)
+            pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id), str(layout.study_progress(j))): j
+                       for j, (row, seed) in todo.items()}  # fmt: skip
             done = 0
             while pending:
                 try:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_S)
+                    if not ready:
+                        log.info(_progress_line(layout, pending, jobs, done, len(todo), time.perf_counter() - start))
+                        continue
                     j = pending.pop(ready[0])
                     result = ray.get(ready[0])
                 except KeyboardInterrupt:  # finished students are kept in RUN/study/results/; a rerun trains the rest
