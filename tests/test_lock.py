@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCKS = {"requirements.lock": (), "requirements-dev.lock": ("dev",), "requirements-cluster.lock": ("cluster",)}
+LOCKS = {"requirements.lock": (), "requirements-dev.lock": ("dev",), "requirements-cluster.lock": ("cluster",), "requirements-onnx.lock": ("onnx",)}
 
 
 def locked_versions(text: str) -> dict[str, set[str]]:

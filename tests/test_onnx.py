@@ -48,6 +48,12 @@ def test_onnxruntime_matches_torch_on_real_clips(exported):
     assert json.loads(meta["classes"]) == fp32.classes and meta["sample_rate"] == "32000"
     int8 = ort.InferenceSession(result["onnx_int8"], providers=["CPUExecutionProvider"]).run(None, {"waves": waves})[0]
     assert int8.shape == expected.shape and np.isfinite(int8).all()
+    # int8 against torch fp32, within a stated tolerance: a total variation distance of at most 0.05 between the
+    # probabilities on average and the same top class for at least 90 % of the windows (measured: 0.001 and 100 %)
+    p_int8, p_fp32 = torch.softmax(torch.from_numpy(int8), 1), torch.softmax(torch.from_numpy(expected), 1)
+    mean_abs = float((p_int8 - p_fp32).abs().sum(1).mean() / 2)  # total variation distance per window
+    agree = float((p_int8.argmax(1) == p_fp32.argmax(1)).float().mean())
+    assert mean_abs <= 0.05 and agree >= 0.9, (mean_abs, agree)
     ops = {n.op_type for n in __import__("onnx").load(result["onnx_int8"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # onnxruntime's QDQ int8
 

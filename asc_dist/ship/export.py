@@ -48,7 +48,7 @@ def _need_onnx():
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install -e '.[onnx]' (or the dev lock)") from None
+        raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install -r requirements-onnx.lock (the locked versions)") from None
 
 
 def _checkpoint(spec: str) -> Path:

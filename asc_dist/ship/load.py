@@ -96,7 +96,7 @@ def _from_onnx(path: Path) -> ShippedModel:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ConfigError(f"{path} is ONNX: pip install -e '.[onnx]' for onnxruntime") from None
+        raise ConfigError(f"{path} is ONNX: pip install -r requirements-onnx.lock for onnxruntime (the locked versions)") from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
