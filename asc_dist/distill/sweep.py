@@ -44,7 +44,7 @@ class SweepConfig:
     temperatures: list[float] = field(default_factory=lambda: [2.0])
     model: str = "dsflexinet"
     targets: str = "fused"
-    epochs: int = 10
+    epochs: int = 24  # sm2 students plateau on val by epoch 14-20 on real audio (docs/kd_diagnosis.md)
     qat_epochs: int = 2
     num_samples: int = 1
     scheduler: str = "asha"

@@ -237,7 +237,7 @@ def run_study(cfg: StudyConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     d = StudyConfig
     p = argparse.ArgumentParser(prog="python -m asc_dist.study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default=d.profile, choices=sorted(STUDY_PROFILES), help="study: 2 CPU cores, about an hour; full: TAU22 on GPUs")
+    p.add_argument("--profile", default=d.profile, choices=sorted(STUDY_PROFILES), help="study: 2 CPU cores, 24 epochs (about 2.5 h on the synthetic default); full: TAU22 on GPUs")
     p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per row (default: the profile's)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="student epochs (default: the profile's)")
     p.add_argument("--tables", default=None, help=f"comma-separated subset of {','.join(TABLES)} (KD: the distillation diagnosis)")
