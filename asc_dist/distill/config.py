@@ -15,8 +15,11 @@ from asc_dist.training.kd import validate_kd
 from asc_dist.training.trainer import check_amp
 
 TARGET_KINDS = ("fused", "average", "none")
-KD_LAMBDA = 0.02  # weight of the label loss: 0.02 * CE + 0.98 * KD (CP-JKU cpjku_dcase23 recipe)
-SWEEP_KD_LAMBDAS = (KD_LAMBDA, 0.1, 0.5)  # what the sweep tries by default
+# Weight of the label loss: 0.3 * CE + 0.7 * KD. CP-JKU's cpjku_dcase23 recipe uses 0.02; on real audio (UrbanSound8K,
+# a shifted test fold: docs/kd_diagnosis.md, Table KD) 0.3 beat it on val by +2.8 +/- 2.2 points paired over three
+# seeds, the only change whose gain exceeded its spread (T 1, T 4 and the batchmean reduction did not).
+KD_LAMBDA = 0.3
+SWEEP_KD_LAMBDAS = (0.02, KD_LAMBDA, 0.5)  # what the sweep tries by default
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`python -m asc_dist.students`: train a student with KD from the teachers' fused targets, then int8 QAT.
 
 Example: python -m asc_dist.students --model dsflexinet --preset sm2 --run runs/demo --targets fused \
-             --kd-lambda 0.02 --temperature 2 --norm rn --fms 0.4,0.3 --epochs 30 --qat-epochs 6
+             --kd-lambda 0.3 --temperature 2 --norm rn --fms 0.4,0.3 --epochs 30 --qat-epochs 6
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=d.model, help="student family: dsflexinet | serfr | sp4sc")
     p.add_argument("--preset", default=d.preset, help="dsflexinet: sm1-sm4; serfr: w24, w32; sp4sc: default")
     p.add_argument("--targets", default=d.targets, help=f"{' | '.join(TARGET_KINDS)} | teacher:NAME (one teacher's logits)")
-    p.add_argument("--kd-lambda", type=float, default=d.kd_lambda, help=f"weight of the label loss, in [0, 1] (default {d.kd_lambda}, CP-JKU's)")
+    p.add_argument("--kd-lambda", type=float, default=d.kd_lambda, help=f"weight of the label loss, in [0, 1] (default {d.kd_lambda}; CP-JKU's is 0.02: docs/kd_diagnosis.md)")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--kd-reduction", default=d.kd_reduction, choices=("cpjku", "batchmean"))
     p.add_argument("--norm", default=d.norm, help="rn (Residual Normalization) | bn")
