@@ -39,5 +39,11 @@ def first_cause(error: BaseException) -> str:
         seen = seen.cause
     while seen.__cause__ is not None:
         seen = seen.__cause__
-    text = str(seen).strip().splitlines()
+    import re
+
+    text = [line.strip() for line in str(seen).strip().splitlines() if line.strip()]
+    # a wrapper (Ray Train's WorkerGroupError) carries the worker's traceback as text: its last "XError: ..." line
+    raised = [line for line in text[1:] if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b:?", line)]
+    if raised:
+        return raised[-1][:300]
     return f"{type(seen).__name__}: {text[0][:300] if text else ''}"

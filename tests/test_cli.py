@@ -91,3 +91,19 @@ def test_lists_are_parsed_by_one_function():
     assert cli.parse_list(None) is None
     with pytest.raises(cli.ConfigError, match="--kd-lambda"):
         cli.parse_list("0.1,x", float, "--kd-lambda")
+
+
+def test_first_cause_names_the_real_error_of_a_trial():
+    """A trial's failure reaches the driver wrapped (Ray Train's WorkerGroupError holds the worker's traceback as
+    text): the step names the innermost error, not "Training failed due to worker errors:"."""
+    from asc_dist.errors import first_cause
+
+    class Wrapped(Exception):
+        pass
+
+    text = "Training failed due to worker errors:\n[Rank 0]:\n  File \"x.py\", line 1\nTypeError: Run.__init__() missing 2 arguments"
+    assert first_cause(Wrapped(text)) == "TypeError: Run.__init__() missing 2 arguments"
+    inner = ValueError("bad value\nmore")
+    outer = RuntimeError("outer")
+    outer.__cause__ = inner
+    assert first_cause(outer) == "ValueError: bad value"

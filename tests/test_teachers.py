@@ -117,7 +117,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, synth_root, r
         blocker.write_text("x")
         out = blocker / "run"
         args[3] = str(out)
-        expect = "not writable"
+        expect = "is a file, not a folder; pass --run"
     proc = _cli(*args)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]

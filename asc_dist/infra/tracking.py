@@ -211,6 +211,14 @@ class Run:
         self._journal_folder, self._start = journal_folder, start
         self.journal: Journal | None = None
 
+    @classmethod
+    def reopen(cls, uri: str, run_id: str, run_dir: str | os.PathLike | None) -> "Run":
+        """A handle on a run another process started (a data-parallel teacher's rank 0)."""
+        import mlflow
+
+        start = {"experiment": None, "run_name": run_id, "tags": {}, "uri": uri, "online_id": run_id}
+        return cls(mlflow.MlflowClient(uri), run_id, journal_dir(run_dir), start)
+
     @property
     def offline(self) -> bool:
         return self.journal is not None

@@ -68,7 +68,7 @@ def _worker_loop(config: dict) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             restore_rank(trainer, load_state(d)["trainer"], rank)
-    mlrun = tracking.Run(__import__("mlflow").MlflowClient(ctx.mlflow_uri), config["mlflow_run_id"]) if rank == 0 else None
+    mlrun = tracking.Run.reopen(ctx.mlflow_uri, config["mlflow_run_id"], ctx.run_dir) if rank == 0 else None
 
     def on_epoch(result) -> None:
         metrics = {**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name}
