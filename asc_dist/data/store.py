@@ -45,6 +45,7 @@ from asc_dist.data.table import ClipTable, TauLayout, build_clip_table, carve_va
 from asc_dist.errors import DatasetError
 from asc_dist.run.atomic import atomic_path, remove_stale_temps
 from asc_dist.run.diskspace import full_disk_means, require_free
+from asc_dist.run.writable import require_writable
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -158,13 +159,7 @@ def pack(root: str | Path, out: str | Path | None = None, cfg: PackConfig = Pack
             log.info("store %s is up to date (fingerprint %s, checksums hold); nothing to pack", out, fp)
             return out, False
         log.warning("store %s: %s; re-packing it", out, why)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".write-test-{time.time_ns()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise DatasetError(f"cannot write the store under {out.parent} ({exc}); pass --store (pack: --out) to a writable folder for the packed store") from None
+    require_writable(out.parent, "the packed store's folder", "pass --store (pack: --out) to a writable folder for the packed store")
     need = len(table) * n_samples * np.dtype(cfg.dtype).itemsize
     require_free(out.parent, need, f"the packed store ({len(table):,} clips x {n_samples:,} samples, {cfg.dtype})",
                  "free space there or pass --store (pack: --out) to a disk with room")

@@ -24,7 +24,7 @@ from asc_dist.distill.config import SWEEP_KD_LAMBDAS, TARGET_KINDS, StudentConfi
 from asc_dist.distill.recipe import check_targets
 from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
-from asc_dist.infra.cluster import stop_trials
+from asc_dist.infra.cluster import stop_trials_on_interrupt
 from asc_dist.infra.offline import say_untracked
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.checkpoint import TrialCheckpoint, epoch_reporter, node_ip, resume_from
@@ -169,11 +169,8 @@ def run_sweep(sweep: SweepConfig) -> list[dict]:
             if resume_id:
                 log.info("resuming the sweep of MLflow run %s: trials continue from their last epoch", resume_id)
             write_text_atomic(parent_file, json.dumps({"fingerprint": fp, "parent_run_id": parent.run_id}))
-            try:
+            with stop_trials_on_interrupt(uri, sweep.experiment, sweep.run_dir):
                 rows = _tune(sweep, parent.run_id, uri, fp)
-            except KeyboardInterrupt:
-                stop_trials(uri, sweep.experiment, sweep.run_dir)
-                raise
             _quantize_best(sweep, rows, store, parent.run_id, uri)
             from asc_dist.distill.sweep_report import log_sweep_report
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 from asc_dist.errors import ClusterError
 
@@ -91,16 +93,21 @@ def check_shared(paths: dict[str, tuple[str, bool]]) -> None:
                            "/data and /runs point into it), see ops/README.md")
 
 
-def stop_trials(uri: str, experiment: str, run_dir: str) -> None:
-    """After an interrupt: end this process's Ray work (a local instance shuts down, a cluster's trials end with
-    the driver), then mark KILLED the MLflow runs of this run folder that the trials left RUNNING."""
-    import ray
-
-    from asc_dist.infra import tracking
-
-    if ray.is_initialized():
-        ray.shutdown()
+@contextlib.contextmanager
+def stop_trials_on_interrupt(uri: str, experiment: str, run_dir: str | os.PathLike) -> Iterator[None]:
+    """Around a step's trials: on an interrupt, end this process's Ray work (a local instance shuts down, a cluster's
+    trials end with the driver), mark KILLED the MLflow runs of this run folder the trials left RUNNING, re-raise."""
     try:
-        tracking.close_abandoned(uri, experiment, run_dir)
-    except Exception as exc:  # the interrupt is what the user must hear of; a tracking hiccup here is secondary
-        log.warning("could not mark the interrupted MLflow runs KILLED (%s); the next run in %s does it", exc, run_dir)
+        yield
+    except KeyboardInterrupt:
+        import ray
+
+        from asc_dist.infra import tracking
+
+        if ray.is_initialized():
+            ray.shutdown()
+        try:
+            tracking.close_abandoned(uri, experiment, run_dir)
+        except Exception as exc:  # the interrupt is what the user must hear of; a tracking hiccup here is secondary
+            log.warning("could not mark the interrupted MLflow runs KILLED (%s); the next run in %s does it", exc, run_dir)
+        raise

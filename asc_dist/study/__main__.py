@@ -22,6 +22,7 @@ from pathlib import Path
 from asc_dist.cli import add_shared, data_config, parse_list, quiet_third_party, run_main, setup_logging
 from asc_dist.data.prepare import DataConfig
 from asc_dist.errors import ConfigError
+from asc_dist.infra.cluster import stop_trials_on_interrupt
 from asc_dist.infra.offline import say_untracked
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
@@ -153,7 +154,7 @@ def run_study(cfg: StudyConfig) -> dict:
     layout.study_results.mkdir(parents=True, exist_ok=True)
     state_path = layout.study_state
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     with ExitStack() as stack:
         stack.enter_context(run_lock(run_dir))
         parents = {}
@@ -177,24 +178,20 @@ def run_study(cfg: StudyConfig) -> dict:
             pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id), str(layout.study_progress(j))): j
                        for j, (row, seed) in todo.items()}  # fmt: skip
             done = 0
-            while pending:
-                try:
+            # finished students are kept in RUN/study/results/: after an interrupt a rerun trains the rest
+            with stop_trials_on_interrupt(uri, cfg.experiment, run_dir):
+                while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_S)
                     if not ready:
                         log.info(_progress_line(layout, pending, jobs, done, len(todo), time.perf_counter() - start))
                         continue
                     j = pending.pop(ready[0])
                     result = ray.get(ready[0])
-                except KeyboardInterrupt:  # finished students are kept in RUN/study/results/; a rerun trains the rest
-                    from asc_dist.infra.cluster import stop_trials
-
-                    stop_trials(uri, cfg.experiment, str(run_dir))
-                    raise
-                write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": jobs[j][1]}, default=str))
-                done += 1
-                elapsed = time.perf_counter() - start
-                log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, len(todo), jobs[j][0].label,
-                         jobs[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
+                    write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": jobs[j][1]}, default=str))
+                    done += 1
+                    elapsed = time.perf_counter() - start
+                    log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, len(todo), jobs[j][0].label,
+                             jobs[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
         row_results = []
         for row in plan:
             ids = [_job_id(row, s, profile) for s in profile.seeds]
@@ -229,7 +226,7 @@ def run_study(cfg: StudyConfig) -> dict:
                    "wall_s": time.perf_counter() - start}  # fmt: skip
         write_text_atomic(RunLayout.of(run_dir).study_json, json.dumps(payload, indent=1, default=str))
         write_text_atomic(RunLayout.of(run_dir).study_md, text)
-    say_untracked(run_dir, time.time() - (time.perf_counter() - start), uri)
+    say_untracked(run_dir, started, uri)
     print(text)
     return payload
 

@@ -21,6 +21,7 @@ from asc_dist.cli import add_deprecated, add_shared, data_config, quiet_third_pa
 from asc_dist.data.prepare import DataConfig, prepare_store
 from asc_dist.errors import ConfigError, TrainingError, first_cause
 from asc_dist.infra import tracking
+from asc_dist.infra.cluster import stop_trials_on_interrupt
 from asc_dist.infra.offline import say_untracked
 from asc_dist.run.diskspace import DiskFullError, require_free
 from asc_dist.run.layout import RunLayout
@@ -178,13 +179,8 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
         # is readied in a thread while Ray starts: both are seconds of waiting on every call
         with ThreadPoolExecutor(1) as pool:
             store_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
-            try:
+            with stop_trials_on_interrupt(uri, cfg.experiment, run_dir):
                 results, errors = _tune(trials, trial_ctx, cfg, trial_dir, store_ready) if trials else ({}, {})
-            except KeyboardInterrupt:
-                from asc_dist.infra.cluster import stop_trials
-
-                stop_trials(uri, cfg.experiment, str(run_dir))
-                raise
         for t in trials:
             if t.name in results:
                 teacher_checkpoint(t, trial_ctx).clear()  # the logits file is what marks a teacher done
