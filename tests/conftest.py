@@ -109,6 +109,16 @@ def int8_student(tmp_path_factory, synth_root, synth_store):
     return Path(result["int8_torchscript"]), synth_store, result
 
 
+@pytest.fixture(scope="session")
+def device_student(int8_student):
+    """`int8_student` plus its device copies (one epoch and one QAT epoch each): (student folder, store, result)."""
+    from asc_dist.distill.devices import finetune_existing
+
+    model_file, store, _ = int8_student
+    result = finetune_existing(model_file.parent, device_epochs=1, device_lr=5e-4, qat_epochs=1, store=store)
+    return model_file.parent, store, result
+
+
 def make_targets(run_dir: Path, store, drop: int = 0) -> None:
     """Targets in the fusion's Parquet schema: a confident-but-noisy teacher (labels one-hot x 4 + noise)."""
     table = store.table()

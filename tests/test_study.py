@@ -111,3 +111,21 @@ def test_the_progress_line_names_each_training_student(tmp_path):
     jobs = {"a": (Row("IV", "no KD"), 2), "b": (Row("IV", "fused teachers"), 1)}
     line = _progress_line(layout, {"ref-a": "a", "ref-b": "b"}, jobs, 3, 5, 600.0)
     assert line == "study: 3/5 students trained in 10 min; no KD seed 2 at epoch 14/24 (val 70.0 %, 88 clips/s); 1 queued or in their first epoch"
+
+
+def test_table_d_fine_tunes_the_general_students_per_device(study):
+    """Table D reuses the recipe's general students (trained for Table IV) and adds their device copies; unseen
+    devices are scored by the general student, so the two rows agree there seed by seed."""
+    run, cfg, table_iv = study
+    payload = run_study(replace(cfg, tables=("D",)))
+    general, device = payload["rows"]
+    assert (general["label"], device["label"]) == ("general", "device-specific")
+    fused = next(r for r in table_iv["rows"] if r["label"] == "fused teachers")
+    assert [s["test_acc"] for s in general["per_seed"]] == [s["test_acc"] for s in fused["per_seed"]]  # the same students
+    for g, d in zip(general["per_seed"], device["per_seed"]):
+        assert d["unseen_acc"] == pytest.approx(g["unseen_acc"]) and d["test_acc"] is not None
+    assert payload["comparisons"]["device_vs_general_seen"]["n"] == 2
+    assert any("Device-specific vs general" in v for v in payload["verdicts"])
+    assert "Table D" in (run / "study.md").read_text()
+    copies = sorted(p for p in (run / "students").glob("study-*/devices/*") if p.is_dir())
+    assert {p.name for p in copies} == {"a", "b", "c", "s1", "s2", "s3"} and len(copies) == 2 * 6  # two seeds

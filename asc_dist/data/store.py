@@ -250,6 +250,11 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def of_device(self, device: str) -> "SplitData":
+        """The clips of one recording device."""
+        mask = self.table.device == device
+        return SplitData(self.name, self.table.take(mask), self.source, self.rows[mask], self.verify)
+
     def waves(self, index: np.ndarray) -> np.ndarray:
         """float32 [len(index), samples]; reads rows in ascending order (sequential on disk).
 

@@ -54,6 +54,11 @@ class StudentConfig:
     seed: int = 0
     qat_epochs: int = 0
     qat_lr: float = 5e-5
+    # Device-specific students (DCASE 2025 Task 1 baseline, CPJKU/dcase2025_task1_baseline): after the general
+    # student, one copy per training device fine-tuned on that device's clips (asc_dist/distill/devices.py).
+    device_epochs: int = 0  # 0 = general student only
+    device_lr: float = 5e-4
+    train_device: str | None = None  # train (and validate) on this device's clips only: a device copy's fine-tuning
     name: str | None = None
     experiment: str = "students"
     mlflow_uri: str | None = None
@@ -100,6 +105,8 @@ class StudentConfig:
         if isinstance(self.adir_tau, str) and self.adir_tau != "auto":
             raise ConfigError(f"Auto-DIR tau {self.adir_tau!r} is neither a number nor 'auto'")
         self.augment()  # probabilities and ranges; DIR without --dirs uses generated responses (asc_dist.training.ir_bank)
+        if self.device_epochs < 0 or self.device_lr <= 0:
+            raise ConfigError(f"--device-epochs must be >= 0 (got {self.device_epochs}) and --device-lr > 0 (got {self.device_lr})")
         if self.epochs < 1 or self.qat_epochs < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs}: an untrained student is not worth exporting), "
                               "--qat-epochs >= 0, --lr > 0 and --batch-size >= 1")
@@ -108,6 +115,15 @@ class StudentConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "StudentConfig":
+        """The config a checkpoint stored (`to_dict`); fields it predates take their defaults."""
+        from dataclasses import fields as dataclass_fields
+
+        known = {f.name for f in dataclass_fields(cls)}
+        data = DataConfig(**{k: v for k, v in fields.get("data", {}).items() if k in DataConfig.__dataclass_fields__})
+        return cls(**{k: v for k, v in fields.items() if k in known and k != "data"}, data=data)
 
 
 def build_student_model(cfg: StudentConfig, n_classes: int) -> torch.nn.Module:

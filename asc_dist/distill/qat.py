@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from asc_dist.nets.features import FRONT_ENDS, LogMel
-from asc_dist.run.layout import STUDENT_INT8
+from asc_dist.run.layout import STUDENT_INT8, STUDENT_INT8_OPEN
 from asc_dist.ship.format import WaveToLogits, ship_metadata
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,18 @@ def traced_latency_ms(model: nn.Module, example: torch.Tensor) -> float:
         return latency_per_clip_ms(traced, example, repeats=50)
     finally:
         torch.set_num_threads(threads)
+
+
+def save_open(int8: nn.Module, path: Path) -> Path:
+    """The int8 net with visible int8 weights (what the DCASE package ships, `asc_dist.ship.open_int8`)."""
+    import copy
+
+    from asc_dist.run.atomic import atomic_path
+    from asc_dist.ship.open_int8 import trace_open
+
+    with atomic_path(path) as tmp:
+        torch.save(trace_open(copy.deepcopy(int8)), tmp)
+    return path
 
 
 def frozen_epochs(qat_epochs: int) -> int:
@@ -68,6 +80,7 @@ def quantize_student(cfg, store, fp32_model: nn.Module, mlrun) -> dict:
     path = Path(cfg.out_dir) / STUDENT_INT8
     meta = ship_metadata(cfg, store, kind="int8")
     export_torchscript(WaveToLogits(front, int8).eval(), path, torch.zeros(1, store.manifest["samples"]), meta)
+    save_open(int8, Path(cfg.out_dir) / STUDENT_INT8_OPEN)
     size, fp32_size = int8_size_bytes(int8), int8_size_bytes(fp32_model)
     test = reports.get("test")
     metrics = {"int8_size_kb": size / 1024, "fp32_size_kb": fp32_size / 1024, "fp32_latency_ms": fp32_ms, "int8_latency_ms": int8_ms}

@@ -93,6 +93,11 @@ def student_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Mo
     """The student's trainer; `amp` overrides `cfg.amp` (QAT's fake-quantisers observe fp32 activations)."""
     d = cfg.data
     train, val = store.split("train", d.val_fraction, d.val_seed), store.split("val", d.val_fraction, d.val_seed)
+    if cfg.train_device is not None:  # a device copy's fine-tuning: that device's clips only
+        train, val = train.of_device(cfg.train_device), val.of_device(cfg.train_device)
+        if len(train) == 0:
+            raise ConfigError(f"no training clips of device {cfg.train_device!r}; the training devices are {sorted(set(store.split('train', d.val_fraction, d.val_seed).table.device.tolist()))}")
+        val = val if len(val) else None
     aug = cfg.augment()
     bank, tau = None, None
     if aug.needs_impulse_responses:

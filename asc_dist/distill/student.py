@@ -23,8 +23,12 @@ from asc_dist.run.layout import STUDENT_CHECKPOINT, STUDENT_RESULT
 from asc_dist.training.evaluation import log_reports
 
 
-def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, store: WaveformStore | None = None) -> dict:
-    """Train (or resume) one student; returns its result row (also written to `out_dir/result.json`)."""
+def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, store: WaveformStore | None = None,
+                  init_model: torch.nn.Module | None = None) -> dict:
+    """Train (or resume) one student; returns its result row (also written to `out_dir/result.json`).
+
+    `init_model`: start from these weights (a device copy's fine-tuning, `asc_dist.distill.devices`) instead of a
+    fresh model."""
     from asc_dist.data.prepare import prepare_store
     from asc_dist.nets.complexity import measure
 
@@ -34,7 +38,7 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
     start = time.perf_counter()
     store = store or prepare_store(cfg.data, cfg.run_dir)
     torch.manual_seed(cfg.seed)
-    model = build_student_model(cfg, len(store.classes))
+    model = init_model if init_model is not None else build_student_model(cfg, len(store.classes))
     cx = measure(model)
     trainer = student_trainer(cfg, store, model, cfg.epochs, cfg.lr)
     resume_id = None
@@ -73,6 +77,7 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
             "int8_kb": cx.int8_bytes / 1000, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
             "unseen_acc": flat.get("test_unseen_accuracy"), "seen_acc": flat.get("test_seen_accuracy"),
             "test_log_loss": flat.get("test_log_loss"), "test_per_device": reports["test"].per_device if "test" in reports else {},
+            "test_device_counts": reports["test"].device_counts if "test" in reports else {},
             "checkpoint": str(out / STUDENT_CHECKPOINT), "mlflow_run_id": mlrun.run_id, "wall_s": time.perf_counter() - start,
             "clips_per_s": float(np.mean([h["clips_per_s"] for h in trainer.history])) if trainer.history else None,
             "data_wait_share": float(np.mean([h["data_wait_share"] for h in trainer.history])) if trainer.history else None,

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--qat-epochs", type=int, default=d.qat_epochs, help="int8 QAT fine-tuning epochs (0 = no int8 model)")
     p.add_argument("--qat-lr", type=float, default=d.qat_lr)
+    p.add_argument("--device-epochs", type=int, default=d.device_epochs,
+                   help="after the general student, fine-tune one copy per training device for this many epochs (0 = off; "
+                        "RUN/students/NAME/devices/DEV/, used by predict --device and the DCASE package)")
+    p.add_argument("--device-lr", type=float, default=d.device_lr, help="learning rate of the device copies' fine-tuning")
+    p.add_argument("--general", metavar="STUDENT_FOLDER", default=None,
+                   help="fine-tune the device copies of this trained student (RUN/students/NAME) instead of training a new one; "
+                        "its own recipe is used, with --device-epochs, --device-lr and --qat-epochs from the command line")
     p.add_argument("--name", default=d.name, help="run name (default: derived from the settings)")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
@@ -82,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> StudentConfig:
         temperature=args.temperature, kd_reduction=args.kd_reduction, fms_p=fms_p, fms_alpha=fms_alpha if fms_alpha > 0 else 0.3,
         adir_tau=adir_tau, adir_p=adir_p, dir_p=args.dir_p, roll_s=args.roll, freqm=args.freqm, timem=args.timem,
         mixup_alpha=args.mixup, stretch_p=args.stretch, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, name=args.name, experiment=args.experiment,
+        seed=args.seed, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr, device_epochs=args.device_epochs, device_lr=args.device_lr, name=args.name, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, device=args.device, amp=args.amp,
     )
 
@@ -94,9 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     cfg.validate()  # before any data preparation or training
     require_writable(cfg.run_dir, "the run folder", "pass --run to a folder you can write")
+    if args.general and cfg.device_epochs < 1:
+        raise ConfigError("--general fine-tunes device copies: give --device-epochs N (N >= 1)")
     started = time.time()
     with run_lock(cfg.run_dir):
-        result = train_student(cfg)
+        if args.general:
+            from asc_dist.distill.devices import finetune_existing
+
+            result = finetune_existing(args.general, cfg.device_epochs, cfg.device_lr, qat_epochs=cfg.qat_epochs, run_dir=cfg.run_dir,
+                                       mlflow_uri=cfg.mlflow_uri)
+        else:
+            result = train_student(cfg)
+            if cfg.device_epochs > 0:  # then its device copies, from the checkpoint just written
+                from asc_dist.distill.devices import finetune_existing
+
+                result = finetune_existing(cfg.out_dir, cfg.device_epochs, cfg.device_lr, run_dir=cfg.run_dir, mlflow_uri=cfg.mlflow_uri)
     say_untracked(cfg.run_dir, started, tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=str))
     return 0

@@ -9,6 +9,7 @@ The command line is asc_dist/complexity.py.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torchinfo
@@ -55,3 +56,18 @@ def measure(model: nn.Module, input_size: tuple[int, ...] = STUDENT_INPUT) -> Co
         f"MACs {macs / 1e6:.2f} M (limit {MAX_MACS / 1e6:.0f} M): {'within' if ok else 'OVER'} DCASE limits"
     )
     return Complexity(params, macs, int8, 2 * params, 4 * params, ok, text)
+
+
+def measure_as_shipped(model: nn.Module, input_size: tuple[int, ...]) -> dict:
+    """A shipped model measured the way the DCASE 2025 Task 1 check measures it (CPJKU/dcase2025_task1_inference,
+    `complexity.py`): torchinfo's MACs of a float copy on the network input (a waveform here: the front end has no
+    parameters and counts nothing), and parameter bytes summed over `model.parameters()` at each one's own dtype
+    (1 byte per int8 weight, 4 per float32 bias). For the open int8 form (`asc_dist.ship.open_int8`)."""
+    stats = torchinfo.summary(copy.deepcopy(model).float(), input_size=input_size, verbose=0, mode="eval")
+    by_dtype: dict[str, int] = {}
+    for p in model.parameters():
+        key = str(p.dtype).removeprefix("torch.")
+        by_dtype[key] = by_dtype.get(key, 0) + p.numel() * p.element_size()
+    macs, param_bytes = int(stats.total_mult_adds), sum(by_dtype.values())
+    return {"macs": macs, "param_bytes": param_bytes, "params": sum(p.numel() for p in model.parameters()), "param_bytes_by_dtype": by_dtype,
+            "within_limits": macs <= MAX_MACS and param_bytes <= MAX_PARAM_BYTES}

@@ -29,6 +29,8 @@ FIT_SPLIT = "val"  # the split the fusion is fitted on: its targets are in-sampl
 # Inside a student folder (RUN/students/NAME/); a shipped student is one of these files.
 STUDENT_CHECKPOINT = "model.pt"
 STUDENT_INT8 = "model_int8.pt"
+STUDENT_INT8_OPEN = "model_int8_open.pt"  # the same int8 net, log-mel in, with visible int8 weights (asc_dist/ship/open_int8.py)
+DEVICES_DIR = "devices"  # RUN/students/NAME/devices/DEV/: the device copies of student NAME (asc_dist/distill/devices.py)
 STUDENT_RESULT = "result.json"
 STUDENT_ONNX = "model.onnx"  # python -m asc_dist.export --onnx (its int8 sibling: model_int8.onnx)
 
@@ -174,3 +176,9 @@ class RunLayout:
 
     def study_figure(self, table: str) -> Path:
         return self.root / f"study_{table}.png"
+
+
+def device_folders(student_dir: str | Path) -> dict[str, Path]:
+    """The device copies a student folder holds (device -> its folder), those with a checkpoint."""
+    root = Path(student_dir) / DEVICES_DIR
+    return {p.name: p for p in sorted(root.iterdir()) if (p / STUDENT_CHECKPOINT).is_file()} if root.is_dir() else {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from asc_dist.errors import ConfigError
-from asc_dist.run.layout import STUDENT_CHECKPOINT, STUDENT_INT8
+from asc_dist.run.layout import STUDENT_CHECKPOINT, STUDENT_INT8, device_folders
 
 log = logging.getLogger(__name__)
 META_NAME = "asc_dist.json"  # the TorchScript extra file holding the metadata
@@ -198,3 +198,19 @@ def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
     model = load_model(local)
     model.source = uri
     return model
+
+
+def load_device_models(spec: str, general: ShippedModel) -> dict[str, ShippedModel]:
+    """The device models beside a general student given as its folder or one of its files (RUN/students/NAME/devices/DEV/,
+    `asc_dist.distill.devices`), each in the general model's form (the same file name): device -> model."""
+    path = Path(spec)
+    folder = path if path.is_dir() else path.parent
+    name = Path(general.source).name if Path(general.source).is_file() else STUDENT_INT8
+    out = {}
+    for sub in device_folders(folder).values():
+        if (sub / name).is_file():
+            model = load_model(str(sub / name))
+            if model.classes != general.classes or model.sample_rate != general.sample_rate or model.clip_samples != general.clip_samples:
+                raise ConfigError(f"{sub / name} does not match {general.source} (classes, rate or window); re-run the device fine-tuning")
+            out[sub.name] = model
+    return out

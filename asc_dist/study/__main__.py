@@ -28,9 +28,10 @@ from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 from asc_dist.run.lock import run_lock
 from asc_dist.run.writable import require_writable
-from asc_dist.study.plan import STUDY_PROFILES, TABLES, Row, best_single_teacher, rows, select
+from asc_dist.study.plan import STUDY_PROFILES, TABLES, Row, best_single_teacher, general_of, rows, select
 
 log = logging.getLogger("asc_dist.study")
+
 PROGRESS_S = 60.0  # a progress line at least this often while students train
 
 
@@ -84,6 +85,19 @@ def _train_and_report(cfg, progress: str) -> dict:
         write_text_atomic(progress, json.dumps({k: metrics.get(k) for k in ("epoch", "epochs", "val_acc", "clips_per_s")}))
 
     return train_student(cfg, report=report)
+
+
+def _device_copies(general_dir: str, device_epochs: int, uri: str, experiment: str) -> dict:
+    """A device-specific row's job in a Ray worker: the copies of its general student, fine-tuned per device; the
+    row's numbers are the routed system's (`device_aware`), the general student's stay beside them."""
+    from asc_dist.distill.config import StudentConfig
+    from asc_dist.distill.devices import finetune_existing
+
+    quiet_third_party()
+    result = finetune_existing(general_dir, device_epochs, device_lr=StudentConfig.device_lr, qat_epochs=0, mlflow_uri=uri,
+                               experiment=experiment, threads=1, device="cpu")
+    general = {k: result.get(k) for k in ("val_acc", "test_acc", "seen_acc", "unseen_acc", "test_log_loss", "test_per_device")}
+    return {**result, **result["device_aware"], "general": general}
 
 
 def _progress_line(layout: RunLayout, pending: dict, jobs: dict, done: int, total: int, elapsed: float) -> str:
@@ -166,32 +180,49 @@ def run_study(cfg: StudyConfig) -> dict:
             state[table] = handle.run_id
         write_text_atomic(state_path, json.dumps(state, indent=2))
         jobs: dict[str, tuple[Row, int]] = {}
+        copies: dict[str, tuple[Row, int, str]] = {}  # device-specific jobs -> (row, seed, job of their general student)
         for row in plan:
+            general = general_of(row)
             for seed in profile.seeds:
-                jobs.setdefault(_job_id(row, seed, profile), (row, seed))
+                if general is None:
+                    jobs.setdefault(_job_id(row, seed, profile), (row, seed))
+                else:  # its general student trains first (shared with the recipe's rows), then the copies
+                    jobs.setdefault(_job_id(general, seed, profile), (general, seed))
+                    copies[_job_id(row, seed, profile)] = (row, seed, _job_id(general, seed, profile))
         todo = {j: rs for j, rs in jobs.items() if not layout.study_job(j).is_file()}
+        todo_copies = {j: rsg for j, rsg in copies.items() if not layout.study_job(j).is_file()}
         log.info("study: %d rows x %d seeds = %d students, %d to train (%d done before)", len(plan), len(profile.seeds),
-                 len(jobs), len(todo), len(jobs) - len(todo))  # fmt: skip
-        if todo:
-            connect(cfg.address)
-            task = ray.remote(num_cpus=1)(_train_and_report)
-            pending = {task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id), str(layout.study_progress(j))): j
-                       for j, (row, seed) in todo.items()}  # fmt: skip
-            done = 0
-            # finished students are kept in RUN/study/results/: after an interrupt a rerun trains the rest
+                 len(jobs) + len(copies), len(todo) + len(todo_copies), len(jobs) + len(copies) - len(todo) - len(todo_copies))  # fmt: skip
+        everything = {**jobs, **{j: (row, seed) for j, (row, seed, _) in copies.items()}}
+
+        def drain(pending: dict) -> None:
+            """Wait for `pending` (Ray ref -> job), keeping each result in RUN/study/results/ as it comes: after an
+            interrupt a rerun trains the rest."""
+            done, total = 0, len(pending)
             with stop_trials_on_interrupt(uri, cfg.experiment, run_dir):
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_S)
                     if not ready:
-                        log.info(_progress_line(layout, pending, jobs, done, len(todo), time.perf_counter() - start))
+                        log.info(_progress_line(layout, pending, everything, done, total, time.perf_counter() - start))
                         continue
                     j = pending.pop(ready[0])
                     result = ray.get(ready[0])
-                    write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": jobs[j][1]}, default=str))
+                    write_text_atomic(layout.study_job(j), json.dumps({**result, "seed": everything[j][1]}, default=str))
                     done += 1
                     elapsed = time.perf_counter() - start
-                    log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, len(todo), jobs[j][0].label,
-                             jobs[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
+                    log.info("study: %d/%d students trained (%s, seed %d: test %.1f %%), ETA %.0f min", done, total, everything[j][0].label,
+                             everything[j][1], 100 * (result.get("test_acc") or 0), elapsed / done * len(pending) / 60)  # fmt: skip
+
+        if todo or todo_copies:
+            connect(cfg.address)
+        if todo:
+            task = ray.remote(num_cpus=1)(_train_and_report)
+            drain({task.remote(_student(cfg, profile, row, seed, uri, parents[row.table].run_id), str(layout.study_progress(j))): j
+                   for j, (row, seed) in todo.items()})  # fmt: skip
+        if todo_copies:
+            task = ray.remote(num_cpus=1)(_device_copies)
+            drain({task.remote(str(layout.student(f"study-{g}")), dict(row.changes)["device_epochs"], uri, cfg.experiment): j
+                   for j, (row, seed, g) in todo_copies.items()})  # fmt: skip
         row_results = []
         for row in plan:
             ids = [_job_id(row, s, profile) for s in profile.seeds]
@@ -204,6 +235,8 @@ def run_study(cfg: StudyConfig) -> dict:
             "average_vs_none": report.paired(summary, "average of teachers", "no KD"),
             "fused_vs_single": report.paired(summary, "fused teachers", "best single teacher"),
             "rn_adir_vs_bn_dir_unseen": report.paired(summary, "RN + ADIR", "BN + DIR", "unseen_acc"),
+            "device_vs_general": report.paired(summary, "device-specific", "general"),
+            "device_vs_general_seen": report.paired(summary, "device-specific", "general", "seen_acc"),
         }
         verdicts = report.verdicts(summary, comparisons)
         header = (f"# Study ({cfg.profile} profile): {len(profile.seeds)} seeds ({', '.join(map(str, profile.seeds))}), "

@@ -15,7 +15,8 @@ from asc_dist.data.table import device_sort_key
 METRICS = (("val_acc", "val"), ("test_acc", "test"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("test_log_loss", "log loss"))
 TITLES = {"IV": "Table IV: what the student learns from", "V": "Table V: normalisation and device impulse responses",
           "II": "Table II: student sizes, fp32 and int8 after QAT",
-          "KD": "Table KD: temperature, label weight and loss reduction (diagnosis)"}  # fmt: skip
+          "KD": "Table KD: temperature, label weight and loss reduction (diagnosis)",
+          "D": "Table D: general vs device-specific students (each test clip scored by its device's model; unseen devices: the general)"}  # fmt: skip
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -37,7 +38,7 @@ def summarise(row_results: list[dict]) -> list[dict]:
         devices = sorted({d for x in res for d in (x.get("test_per_device") or {})}, key=device_sort_key)
         per_device = {d: _stats([(x.get("test_per_device") or {}).get(d) for x in res])["mean"] for d in devices}
         out.append({**{k: v for k, v in r.items() if k != "results"}, "stats": stats, "per_device": per_device,
-                    "per_seed": [{"seed": x.get("seed"), "test_acc": x.get("test_acc"), "unseen_acc": x.get("unseen_acc"),
+                    "per_seed": [{"seed": x.get("seed"), "test_acc": x.get("test_acc"), "unseen_acc": x.get("unseen_acc"), "seen_acc": x.get("seen_acc"),
                                   "int8_test_acc": x.get("int8_test_acc")} for x in res]})  # fmt: skip
     return out
 
@@ -110,6 +111,12 @@ def verdicts(summary: list[dict], comparisons: dict[str, dict | None]) -> list[s
     ra = mean(comparisons.get("rn_adir_vs_bn_dir_unseen"))
     if ra is not None:
         out.append(f"RN + ADIR vs BN + DIR on unseen devices: {ra:+.1f} points (target: at least 0) -> {'met' if ra >= 0 else 'MISSED'}.")
+    dv, ds = comparisons.get("device_vs_general"), comparisons.get("device_vs_general_seen")
+    if dv is not None and dv["mean"] is not None and ds is not None and ds["mean"] is not None:
+        gain = ds["n"] > 1 and ds["mean"] > (ds["std"] or 0)
+        out.append(f"Device-specific vs general students on seen devices: {100 * ds['mean']:+.1f} ± {100 * (ds['std'] or 0):.1f} points paired "
+                   f"({100 * dv['mean']:+.1f} on the whole test split; unseen devices use the general student) -> "
+                   f"{'a gain beyond its spread' if gain else 'no gain beyond its spread'}.")
     return out
 
 
