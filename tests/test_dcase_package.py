@@ -166,3 +166,31 @@ def test_package_predict_equals_asc_dist_predict_per_device(device_student, tmp_
         assert pred.returncode == 0, pred.stderr[-2000:]
         expected = _read(csv_out)
         np.testing.assert_allclose(np.array(got["probs"]), np.array(list(expected.values())), atol=2e-6)
+
+
+def test_one_registered_version_carries_the_device_set(device_student, synth_root, tmp_path):
+    """The registry keeps the general model and its device copies in one version; `predict --device auto` on its
+    models:/ URI routes a device-b file to the device-b model."""
+    import mlflow
+
+    from asc_dist.infra import tracking
+    from asc_dist.run.layout import device_folders
+    from asc_dist.ship.mlflow_model import register_student
+
+    folder, store, result = device_student
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    devices = {d: f / "model_int8.pt" for d, f in device_folders(folder).items()}
+    with tracking.run(uri, "sweep", "int8-devices") as run:
+        version = register_student(folder / "model_int8.pt", store.split("test").waves(np.arange(1))[0], run.run_id, uri, "asc-dist-dev", {}, devices)
+    assert mlflow.MlflowClient(uri).get_model_version("asc-dist-dev", str(version)).tags["devices"] == ",".join(SEEN)
+    clip = next(p for p in sorted((synth_root / "audio").glob("*.wav")) if p.stem.endswith("-b"))
+    runs = {}
+    for name, model in (("registry", f"models:/asc-dist-dev/{version}"), ("b", str(folder / "devices" / "b" / "model_int8.pt")),
+                        ("general", str(folder / "model_int8.pt"))):
+        routing = ["--device", "auto"] if name == "registry" else []  # the references: one model each
+        done = subprocess.run([sys.executable, "-m", "asc_dist.predict", "--model-file", model, "--mlflow-uri", uri, *routing,
+                               str(clip), "--out", str(tmp_path / f"{name}.csv")], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs[name] = _read(tmp_path / f"{name}.csv")[str(clip)]
+    np.testing.assert_allclose(runs["registry"], runs["b"], atol=1e-6)
+    assert not np.allclose(runs["registry"], runs["general"], atol=1e-6)

@@ -46,6 +46,7 @@ class SweepConfig:
     targets: str = "fused"
     epochs: int = 24  # sm2 students plateau on val by epoch 14-20 on real audio (docs/kd_diagnosis.md)
     qat_epochs: int = 2
+    device_epochs: int = 0  # > 0: the best student of each preset gets device copies (asc_dist.distill.devices), registered with it
     num_samples: int = 1
     scheduler: str = "asha"
     max_concurrent: int | None = None
@@ -291,12 +292,30 @@ def _quantize_best(sweep: SweepConfig, rows: list[dict], store, parent_run_id: s
         with tracking.run(uri, sweep.experiment, f"int8-{cfg.run_name}", params={"source": cfg.run_name, "qat_epochs": sweep.qat_epochs},
                           tags={"asc_dist.step": "qat", "preset": preset}, parent_run_id=parent_run_id, run_dir=sweep.run_dir) as mlrun:
             best.update(quantize_student(cfg, store, model, mlrun))
-            best["registered_model"] = _register(best, cfg, store, mlrun.run_id, uri)
+            devices = _device_copies(sweep, best, cfg, store, uri)
+            best["registered_model"] = _register(best, cfg, store, mlrun.run_id, uri, devices)
         best["best_of_preset"] = True
 
 
-def _register(best: dict, cfg, store, run_id: str, uri: str) -> str:
-    """The preset's best student in the MLflow Model Registry; returns its models:/ URI."""
+def _device_copies(sweep: SweepConfig, best: dict, cfg, store, uri: str) -> dict:
+    """With --device-epochs: the best student's device copies (int8 too); device -> its int8 file."""
+    if sweep.device_epochs < 1:
+        return {}
+    if not best.get("checkpoint"):
+        log.warning("preset %s: the best trial left no final checkpoint; no device copies", cfg.preset)
+        return {}
+    from asc_dist.distill.config import StudentConfig
+    from asc_dist.distill.devices import finetune_existing
+    from asc_dist.run.layout import STUDENT_INT8, device_folders
+
+    result = finetune_existing(cfg.out_dir, sweep.device_epochs, StudentConfig.device_lr, qat_epochs=sweep.qat_epochs, store=store,
+                               mlflow_uri=uri, experiment=sweep.experiment, device="cpu")
+    best.update({k: result[k] for k in ("devices", "device_aware")})
+    return {dev: folder / STUDENT_INT8 for dev, folder in device_folders(cfg.out_dir).items() if (folder / STUDENT_INT8).is_file()}
+
+
+def _register(best: dict, cfg, store, run_id: str, uri: str, devices: dict | None = None) -> str:
+    """The preset's best student (and its device copies) in the MLflow Model Registry; returns its models:/ URI."""
     from asc_dist.ship.mlflow_model import register_student, registered_name
 
     name = registered_name(cfg.model, cfg.preset)
@@ -304,7 +323,7 @@ def _register(best: dict, cfg, store, run_id: str, uri: str) -> str:
             "int8_kb", "int8_size_kb")
     example = store.split("test", cfg.data.val_fraction, cfg.data.val_seed).waves(np.arange(1))[0]
     tags = {k: round(v, 4) if isinstance(v, float) else v for k, v in ((k, best.get(k)) for k in keys)}
-    version = register_student(best["int8_torchscript"], example, run_id, uri, name, tags)
+    version = register_student(best["int8_torchscript"], example, run_id, uri, name, tags, devices)
     return f"models:/{name}/{version}"
 
 
@@ -322,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=d.targets, choices=TARGET_KINDS)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--qat-epochs", type=int, default=d.qat_epochs, help="QAT epochs for the best trial of each preset (0 = skip)")
+    p.add_argument("--device-epochs", type=int, default=d.device_epochs, help="fine-tune device copies of each preset's best student "
+                   "for this many epochs, registered in the same model version (0 = off)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="seeds per grid point")
     p.add_argument("--scheduler", default=d.scheduler, help="asha | fifo")
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent)
@@ -337,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = SweepConfig(
         run_dir=args.run, presets=parse_list(args.presets, flag="--presets"), kd_lambdas=parse_list(args.kd_lambda, float, "--kd-lambda"),
         temperatures=parse_list(args.temperature, float, "--temperature"), model=args.model, targets=args.targets, epochs=args.epochs,
-        qat_epochs=args.qat_epochs, num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
+        qat_epochs=args.qat_epochs, device_epochs=args.device_epochs, num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, address=args.address,
         mlflow_uri=args.mlflow_uri, experiment=args.experiment, data=data_config(args),
     )

@@ -179,6 +179,6 @@ class RunLayout:
 
 
 def device_folders(student_dir: str | Path) -> dict[str, Path]:
-    """The device copies a student folder holds (device -> its folder), those with a checkpoint."""
+    """The device copies a student folder holds (device -> its folder), those with a model file."""
     root = Path(student_dir) / DEVICES_DIR
-    return {p.name: p for p in sorted(root.iterdir()) if (p / STUDENT_CHECKPOINT).is_file()} if root.is_dir() else {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / STUDENT_CHECKPOINT).is_file() or (p / STUDENT_INT8).is_file()} if root.is_dir() else {}

@@ -32,6 +32,7 @@ class ShippedModel:
     clip_samples: int
     kind: str  # int8 | fp32
     source: str
+    path: str = ""  # the local file it was read from (for an MLflow URI: the downloaded copy)
 
     def logits(self, waves: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -110,7 +111,7 @@ def _from_onnx(path: Path) -> ShippedModel:
 
 def _from_folder(folder: Path) -> ShippedModel:
     if (folder / "MLmodel").is_file():  # an MLflow pyfunc folder: the exported file is one of its artifacts
-        inside = sorted((folder / "artifacts").rglob("*.pt"))
+        inside = sorted((folder / "artifacts").glob("*.pt")) or sorted((folder / "artifacts").rglob("*.pt"))  # devices/ come second
         if inside:
             return load_model(str(inside[0]))
     for name in MODEL_FILES:
@@ -131,7 +132,7 @@ def _from_torchscript(path: Path) -> ShippedModel:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except RuntimeError as exc:
         raise ConfigError(f"{path} does not load as TorchScript ({str(exc).splitlines()[0][:150]})") from None
-    return ShippedModel(module, list(meta["classes"]), int(meta["sample_rate"]), int(meta["clip_samples"]), meta.get("kind", "int8"), str(path))
+    return ShippedModel(module, list(meta["classes"]), int(meta["sample_rate"]), int(meta["clip_samples"]), meta.get("kind", "int8"), str(path), str(path))
 
 
 def _checkpoint_meta(ckpt: dict) -> dict:
@@ -163,7 +164,7 @@ def _from_checkpoint(path: Path) -> ShippedModel:
     model = build_student(family, preset, n_classes=len(meta["classes"]), norm=norm)
     model.load_state_dict(ckpt["model"])
     front = LogMel(FRONT_ENDS[getattr(model, "front_end", "student")])
-    return ShippedModel(WaveToLogits(front, model).eval(), list(meta["classes"]), meta["sample_rate"], meta["clip_samples"], "fp32", str(path))
+    return ShippedModel(WaveToLogits(front, model).eval(), list(meta["classes"]), meta["sample_rate"], meta["clip_samples"], "fp32", str(path), str(path))
 
 
 def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
@@ -201,11 +202,12 @@ def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
 
 
 def load_device_models(spec: str, general: ShippedModel) -> dict[str, ShippedModel]:
-    """The device models beside a general student given as its folder or one of its files (RUN/students/NAME/devices/DEV/,
-    `asc_dist.distill.devices`), each in the general model's form (the same file name): device -> model."""
-    path = Path(spec)
-    folder = path if path.is_dir() else path.parent
-    name = Path(general.source).name if Path(general.source).is_file() else STUDENT_INT8
+    """The device models beside a general student given as its folder, one of its files (RUN/students/NAME/devices/DEV/,
+    `asc_dist.distill.devices`) or a registered model version carrying the set, each in the general model's form (the
+    same file name): device -> model."""
+    local = Path(general.path) if general.path else Path(spec)
+    folder = local.parent if local.is_file() else local
+    name = local.name if local.is_file() else STUDENT_INT8
     out = {}
     for sub in device_folders(folder).values():
         if (sub / name).is_file():

@@ -56,8 +56,13 @@ def registered_name(model: str, preset: str) -> str:
     return f"asc-dist-{model}-{preset}"
 
 
-def register_student(model_file: str | Path, example: np.ndarray, run_id: str, uri: str, name: str, tags: dict) -> int:
-    """Log the pyfunc under the run's `model` artifact and register it; returns the new version number."""
+def register_student(model_file: str | Path, example: np.ndarray, run_id: str, uri: str, name: str, tags: dict,
+                     devices: dict[str, Path] | None = None) -> int:
+    """Log the pyfunc under the run's `model` artifact and register it; returns the new version number.
+
+    `devices` (device -> its int8 file): the student's device copies travel in the same version, under
+    artifacts/devices/DEV/: a set trained together is deployed together (`predict --device auto` on the
+    version's URI routes by device; the served pyfunc, whose input carries no device, runs the general model)."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
@@ -73,7 +78,16 @@ def register_student(model_file: str | Path, example: np.ndarray, run_id: str, u
     client = mlflow.MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(str(folder), python_model=str(MODEL_CODE), artifacts={"model": str(model_file)},
+        artifacts = {"model": str(model_file)}
+        if devices:
+            import shutil
+
+            for dev, file in devices.items():
+                (Path(tmp) / "devices" / dev).mkdir(parents=True)
+                shutil.copy(file, Path(tmp) / "devices" / dev / Path(model_file).name)
+            artifacts["devices"] = str(Path(tmp) / "devices")
+            tags = {**tags, "devices": ",".join(devices)}
+        mlflow.pyfunc.save_model(str(folder), python_model=str(MODEL_CODE), artifacts=artifacts,
                                  signature=signature, input_example=example.astype(np.float32)[None], pip_requirements=_requirements(),
                                  metadata={"classes": shipped.classes, "sample_rate": shipped.sample_rate, "clip_samples": shipped.clip_samples})
         client.log_artifacts(run_id, str(folder), "model")
