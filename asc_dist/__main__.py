@@ -20,6 +20,7 @@ STEPS = {  # python -m asc_dist.<step>, in the order a run uses them
     "export": "ONNX files or a DCASE 2025 Task 1 inference package from a trained student",
     "complexity": "params, MACs and sizes of a zoo model by the DCASE rule",
     "tracking": "replay into MLflow what a tracking server that went away did not take",
+    "runs": "open, pack, unpack or serve a run folder that was copied or moved",
 }
 
 

@@ -37,6 +37,10 @@ def resolve_uri(run_dir: str | os.PathLike | None, explicit: str | None = None) 
     if env:
         return env
     base = Path(run_dir) if run_dir else Path.cwd()
+    if run_dir:  # a run folder opened where it was not made: its recorded paths follow it (asc_dist/run/relocate.py)
+        from asc_dist.run.relocate import reroot
+
+        reroot(base)
     return f"sqlite:///{RunLayout.of(base).mlflow_db.resolve()}"
 
 

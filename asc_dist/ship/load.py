@@ -180,8 +180,10 @@ def _from_mlflow(uri: str, mlflow_uri: str | None) -> ShippedModel:
     if not tracking:
         raise ConfigError(f"--model-file {uri}: give --mlflow-uri (or MLFLOW_TRACKING_URI) of the tracking server that holds it")
     from asc_dist.infra.tracking import check_reachable
+    from asc_dist.run.relocate import reroot_uri
 
     check_reachable(tracking)
+    reroot_uri(tracking)  # a copied run folder: its registry points into the copy
     try:
         source = uri
         if uri.startswith("models:/"):
