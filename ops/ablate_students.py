@@ -63,7 +63,7 @@ def main() -> None:
     def run(label: str, change: dict, seed: int) -> dict:
         cfg = replace(base, **change, seed=seed, name=f"ablation-{label.replace(' ', '_')}-s{seed}")
         r = train_student(cfg)
-        keep = ("val_acc", "test_acc", "unseen_acc", "int8_test_acc", "int8_unseen_acc", "params", "macs", "int8_size_kb",
+        keep = ("val_acc", "test_acc", "unseen_acc", "int8_test_acc", "int8_unseen_acc", "params", "macs", "int8_file_kb",
                 "fp32_latency_ms", "int8_latency_ms", "clips_per_s", "data_wait_share", "wall_s")
         return {"variant": label, "seed": seed, **{k: r.get(k) for k in keep}, "test_per_device": r.get("test_per_device")}
 

@@ -50,9 +50,9 @@ def test_measure_keeps_training_mode() -> None:
 def test_cli_json_for_a_student(capsys) -> None:
     assert main(["dsflexinet:sm1", "--json", "--classes", "7"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"params", "macs", "int8_kb", "fp16_kb", "fp32_kb", "within_limits"}
-    assert out["int8_kb"] == pytest.approx(out["params"] / 1000) and out["within_limits"] is True
-    assert out["fp32_kb"] == pytest.approx(4 * out["int8_kb"])
+    assert set(out) == {"params", "macs", "param_kb", "param_kb_fp16", "param_kb_fp32", "within_limits"}
+    assert out["param_kb"] == pytest.approx(out["params"] / 1000) and out["within_limits"] is True
+    assert out["param_kb_fp32"] == pytest.approx(4 * out["param_kb"])
 
 
 def test_cli_bad_model_is_one_line_and_exit_2() -> None:

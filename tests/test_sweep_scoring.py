@@ -31,7 +31,7 @@ def test_asha_stops_at_the_final_report_not_after_it():
 
 def test_report_never_crashes_on_missing_fields():
     rows = [{"name": "dsflexinet-sm2", "best_of_preset": True, "params": None, "macs": None, "test_acc": None,
-             "unseen_acc": None, "int8_size_kb": None, "fp32_latency_ms": None}]  # fmt: skip
+             "unseen_acc": None, "int8_file_kb": None, "fp32_latency_ms": None}]  # fmt: skip
     (line,) = [x for x in _int8_section(rows) if x.startswith("| dsflexinet-sm2")]
     assert line.count(" - ") >= 8
 

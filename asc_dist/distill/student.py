@@ -65,7 +65,7 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
         trainer.fit(on_epoch)
         reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device)
         flat = log_reports(mlrun, reports, cfg.run_name)
-        mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "int8_kb": cx.int8_bytes / 1000})
+        mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "param_kb": cx.int8_bytes / 1000})
         out = cfg.out_dir
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / STUDENT_CHECKPOINT) as tmp:
@@ -74,7 +74,7 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
         result = {
             "name": cfg.run_name, "model": cfg.model, "preset": cfg.preset, "norm": cfg.norm, "targets": cfg.targets,
             "kd_lambda": cfg.kd_lambda, "temperature": cfg.temperature, "params": cx.params, "macs": cx.macs,
-            "int8_kb": cx.int8_bytes / 1000, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
+            "param_kb": cx.int8_bytes / 1000, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
             "unseen_acc": flat.get("test_unseen_accuracy"), "seen_acc": flat.get("test_seen_accuracy"),
             "test_log_loss": flat.get("test_log_loss"), "test_per_device": reports["test"].per_device if "test" in reports else {},
             "test_device_counts": reports["test"].device_counts if "test" in reports else {},

@@ -236,7 +236,7 @@ def _tune(sweep: SweepConfig, parent_run_id: str, uri: str, fingerprint: str) ->
             "name": cfg.run_name, "preset": trial["preset"], "kd_lambda": trial["kd_lambda"], "temperature": trial["temperature"],
             "sample": trial["sample"], "epochs_run": m.get("epoch"), "stopped_early": not m.get("finished"),
             "val_acc": full.get("val_acc", m.get("val_acc")), "test_acc": full.get("test_acc"), "unseen_acc": full.get("unseen_acc"),
-            "params": full.get("params"), "macs": full.get("macs"), "int8_kb": full.get("int8_kb"),
+            "params": full.get("params"), "macs": full.get("macs"), "param_kb": full.get("param_kb"),
             "error": str(result.error)[:300] if result.error else None, "checkpoint": full.get("checkpoint"),
             "epoch_checkpoint": str(epoch_ckpt.path) if epoch_ckpt.path.is_file() else None,
             "mlflow_run_id": full.get("mlflow_run_id"), "node_ip": m.get("node_ip"),
@@ -320,7 +320,7 @@ def _register(best: dict, cfg, store, run_id: str, uri: str, devices: dict | Non
 
     name = registered_name(cfg.model, cfg.preset)
     keys = ("name", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "int8_val_acc", "int8_test_acc", "params", "macs",
-            "int8_kb", "int8_size_kb")
+            "param_kb", "int8_file_kb")
     example = store.split("test", cfg.data.val_fraction, cfg.data.val_seed).waves(np.arange(1))[0]
     tags = {k: round(v, 4) if isinstance(v, float) else v for k, v in ((k, best.get(k)) for k in keys)}
     version = register_student(best["int8_torchscript"], example, run_id, uri, name, tags, devices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.layout import RunLayout
 
-COLUMNS = ("preset", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "params", "macs", "int8_kb", "int8_test_acc")
+COLUMNS = ("preset", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "params", "macs", "param_kb", "int8_test_acc")
 
 
 def _cell(key: str, value) -> str:
@@ -17,7 +17,7 @@ def _cell(key: str, value) -> str:
         return f"{value / 1e6:.2f} M"
     if key == "params":
         return f"{value / 1e3:.2f} K"
-    if key == "int8_kb":
+    if key == "param_kb":
         return f"{value:.1f}"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
