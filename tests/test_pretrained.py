@@ -57,3 +57,60 @@ def test_weights_option_per_family():
             parse_weights([bad])
     roster = [TeacherConfig("p", "passt"), TeacherConfig("m", "mobilenetv2"), TeacherConfig("c", "cnn")]
     assert [t.weights for t in with_weights(roster, {"mobilenetv2": "b.pt"})] == [None, "b.pt", None]
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    """A plain HTTP server on 127.0.0.1 serving tmp_path/served (a stand-in for the libraries' release pages)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_named_checkpoints_are_the_libraries_own_files():
+    from asc_dist.teach.weights import named_url
+
+    assert named_url("passt", "audioset") == hear21.default_cfgs["passt_s_swa_p16_128_ap476"]["url"]
+    assert named_url("mobilenetv2", "imagenet") == timm.models.get_pretrained_cfg("mobilenetv2_100").url
+    with pytest.raises(ConfigError, match="no named checkpoint"):
+        named_url("cnn", "imagenet")
+
+
+def test_a_url_is_downloaded_once_by_torch_into_its_hub_cache_and_loads(local_server, tmp_path, monkeypatch, caplog):
+    from asc_dist.teach.weights import resolve
+
+    served, base = local_server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    released = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
+    name = "mobilenetv2_100_ra-b33bc2c4.pth"  # the file name of timm's release
+    torch.save(released, served / name)
+    with caplog.at_level(logging.INFO, logger="asc_dist.teach.weights"):
+        local = resolve({"mobilenetv2": f"{base}/{name}", "cnn": "kept.pt"})
+    assert local["cnn"] == "kept.pt"  # local paths pass through untouched
+    cached = tmp_path / "torch-home" / "hub" / "checkpoints" / name
+    assert local["mobilenetv2"] == str(cached) and "downloading pretrained weights" in caplog.text
+    (served / name).unlink()  # the second time comes from the cache, not the server
+    assert resolve({"mobilenetv2": f"{base}/{name}"})["mobilenetv2"] == str(cached)
+    model = build_teacher("mobilenetv2", "default", n_classes=10, weights=local["mobilenetv2"])
+    assert torch.equal(model.state_dict()["net.blocks.1.0.conv_pw.weight"], released["blocks.1.0.conv_pw.weight"])
+
+
+def test_a_url_that_does_not_answer_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home")}
+    done = subprocess.run([sys.executable, "-m", "asc_dist.teachers", "--run", str(tmp_path / "run"), "--n", "1",
+                           "--weights", "mobilenetv2=http://127.0.0.1:9/mnv2.pth"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and "could not download http://127.0.0.1:9/mnv2.pth" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

@@ -73,7 +73,7 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
         if t.size not in teacher_sizes(t.family):
             raise ConfigError(f"teacher {t.name}: family {t.family!r} has no size {t.size!r}; choose one of {', '.join(teacher_sizes(t.family))}")
         if t.weights and not Path(t.weights).is_file():
-            raise ConfigError(f"teacher {t.name}: weights file {t.weights} does not exist; give a local checkpoint path (nothing is downloaded)")
+            raise ConfigError(f"teacher {t.name}: weights file {t.weights} does not exist; give a local checkpoint path, a named one (passt=audioset) or an https:// URL")
         if t.epochs < 1 or t.lr <= 0 or t.batch_size < 1:
             raise ConfigError(f"teacher {t.name}: epochs, lr and batch_size must be positive")
         if not isinstance(t.context_s, int) or t.context_s < 1:
@@ -88,7 +88,7 @@ def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[T
 
 
 def parse_weights(items: list[str] | None) -> dict[str, str]:
-    """`--weights FAMILY=FILE` (repeatable) -> {family: file}."""
+    """`--weights FAMILY=FILE|NAME|URL` (repeatable) -> {family: spec} (`asc_dist.teach.weights.resolve` fetches)."""
     from teachers.families import TEACHER_FAMILIES
 
     out = {}
@@ -125,7 +125,10 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
     run_dir = Path(cfg.run_dir).resolve()
     roster = take(load_roster(cfg.roster), cfg.n, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, size=cfg.size,
                   context_s=cfg.context_s)
-    roster = with_weights(roster, {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})})
+    from asc_dist.teach.weights import resolve
+
+    asked = {**({"passt": cfg.passt_weights} if cfg.passt_weights else {}), **(cfg.weights or {})}
+    roster = with_weights(roster, resolve(asked))  # named checkpoints and URLs: fetched now, only when asked
     if cfg.workers_per_teacher < 1:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
     if cfg.folds == 1 or cfg.folds < 0:
@@ -291,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr, help="override every teacher's learning rate")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="override every teacher's batch size")
     p.add_argument("--size", default=d.size, help="override every teacher's size (e.g. tiny)")
-    p.add_argument("--passt-weights", default=d.passt_weights, help="local PaSST checkpoint (AudioSet or fine-tuned); = --weights passt=FILE")
+    p.add_argument("--passt-weights", default=d.passt_weights, help="PaSST checkpoint: a local file (AudioSet or fine-tuned), "
+                   "'audioset' (hear21passt's own AudioSet file, downloaded once into torch's hub cache) or an https:// URL; "
+                   "= --weights passt=...")
     p.add_argument("--weights", action="append", default=None, metavar="FAMILY=FILE",
-                   help="local checkpoint for every teacher of a family, e.g. mobilenetv2=mnv2.pt (repeatable; nothing is downloaded)")
+                   help="checkpoint for every teacher of a family (repeatable): a local file (mobilenetv2=mnv2.pt), a named one "
+                        "(passt=audioset, mobilenetv2=imagenet: the libraries' own files) or an https:// URL; only these download")
     p.add_argument("--context-s", type=int, default=d.context_s, help="override every teacher's context: seconds of its own recording (1 = the clip alone)")
     p.add_argument("--cpus-per-teacher", type=float, default=d.cpus_per_teacher)
     p.add_argument("--gpus-per-teacher", type=float, default=d.gpus_per_teacher, help="fractions allowed, e.g. 0.25")
