@@ -21,6 +21,7 @@ STEPS = {  # python -m asc_dist.<step>, in the order a run uses them
     "complexity": "params, MACs and sizes of a zoo model by the DCASE rule",
     "tracking": "replay into MLflow what a tracking server that went away did not take",
     "runs": "open, pack, unpack or serve a run folder that was copied or moved",
+    "ui": "the MLflow UI of a run, its URL landing on the sweep's runs table",
 }
 
 

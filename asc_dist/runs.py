@@ -6,7 +6,7 @@
 - `pack RUN [--out FILE]`: one .tar.gz a colleague can open (without the dataset, Ray's scratch and epoch
   checkpoints unless `--with-data`), written under a temp name and renamed.
 - `unpack FILE DEST`: extract it (no path leaves DEST) and re-root it there.
-- `serve RUN --model models:/NAME/VERSION [--port 5001]`: `mlflow models serve` on the run's own registry, in this
+- `serve RUN --model-file models:/NAME/VERSION [--port 5001]`: `mlflow models serve` on the run's own registry, in this
   environment (asc-dist and uvicorn from this interpreter's folder, `--env-manager local`), on 127.0.0.1.
 """
 
@@ -19,7 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from asc_dist.cli import run_main, setup_logging
+from asc_dist.cli import add_verbose, run_main, setup_logging
 from asc_dist.errors import ConfigError
 from asc_dist.run.atomic import atomic_path
 from asc_dist.run.relocate import reroot
@@ -94,7 +94,7 @@ def serve(path: str, model: str, port: int) -> int:
     reroot(run)
     if not model.startswith(("models:/", "runs:/")):
         known = registered_versions(run)
-        raise ConfigError(f"--model {model!r}: give a registered version, one of {', '.join(known) or '(none: run the sweep first)'}")
+        raise ConfigError(f"--model-file {model!r}: give a registered version, one of {', '.join(known) or '(none: run the sweep first)'}")
     bin_dir = str(Path(sys.executable).parent)  # uvicorn and mlflow of this environment, activated or not
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run / 'mlflow.db'}", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
@@ -117,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("dest")
     s = sub.add_parser("serve", help="mlflow models serve a registered version of the run, in this environment")
     s.add_argument("run")
-    s.add_argument("--model", default="", help="models:/NAME/VERSION (run `open` to list them)")
+    s.add_argument("--model-file", default="", help="the registered version to serve, models:/NAME/VERSION (`open` lists them)")
     s.add_argument("--port", type=int, default=5001)
     for q in (o, k, u, s):
-        q.add_argument("-v", "--verbose", action="store_true")
+        add_verbose(q)
     return p
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "unpack":
         unpack(args.archive, args.dest)
     else:
-        return serve(args.run, args.model, args.port)
+        return serve(args.run, args.model_file, args.port)
     return 0
 
 

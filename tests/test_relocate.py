@@ -49,7 +49,7 @@ def test_a_copied_run_predicts_and_serves_without_its_original(int8_student, syn
     assert "re-rooted" in done.stderr and (copy / ".root").read_text().strip() == str(copy.resolve())
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "asc_dist.runs", "serve", str(copy), "--model", f"models:/{NAME}/1", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "asc_dist.runs", "serve", str(copy), "--model-file", f"models:/{NAME}/1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True,
                               env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})  # as from a fresh shell
     try:
