@@ -148,3 +148,26 @@ def start_until(cmd: list[str], log: Path, text: str, timeout_s: float = 240) ->
 
 
 from tests.mlflow_server import mlflow_server, mlflow_server_dir  # noqa: E402,F401  (session fixtures: a real server)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Until `url` answers; fails with the server's log if it exits or the time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from asc_dist.ship.mlflow_model import register_student
-from tests.conftest import REAL_SCENES, need
+from tests.conftest import REAL_SCENES, free_port, need, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +61,6 @@ def test_predict_through_the_registry_equals_the_file(registered, tmp_path):
     assert outs[0] == outs[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_served_model_answers_with_probabilities(registered, tmp_path):
     import torch
@@ -78,20 +71,13 @@ def test_served_model_answers_with_probabilities(registered, tmp_path):
     uri, model_uri, _, model_file = registered
     audio, sr = sf.read(need(REAL_SCENES / "tut2018" / "park.wav"), dtype="float32", always_2d=True)
     waves = torchaudio.functional.resample(torch.from_numpy(audio.mean(1)), sr, 32000).numpy()[: 2 * 32000].reshape(2, 32000)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"),
                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         body = json.dumps({"inputs": waves.tolist()}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
         try:

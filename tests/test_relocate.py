@@ -6,24 +6,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 
 from asc_dist.infra import tracking
 from asc_dist.ship.mlflow_model import register_student
+from tests.conftest import free_port, wait_for_http
 
 NAME = "asc-dist-moved"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _predict(run, clip, out) -> subprocess.CompletedProcess:
@@ -48,19 +42,12 @@ def test_a_copied_run_predicts_and_serves_without_its_original(int8_student, syn
     assert done.returncode == 0, done.stderr[-2000:]
     assert "re-rooted" in done.stderr and (copy / ".root").read_text().strip() == str(copy.resolve())
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "asc_dist.runs", "serve", str(copy), "--model-file", f"models:/{NAME}/1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True,
                               env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})  # as from a fresh shell
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         body = json.dumps({"inputs": store.split("test").waves(np.arange(2)).tolist()}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]

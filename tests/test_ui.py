@@ -8,23 +8,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
 from asc_dist.infra import tracking
+from tests.conftest import free_port, wait_for_http
 
 CHROMIUM = shutil.which(os.environ.get("CHROMIUM", "chromium")) or shutil.which("chromium-browser")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sweep_run(run) -> None:
@@ -42,19 +35,12 @@ def test_the_ui_url_opens_the_sweeps_runs_table_with_accuracy_columns(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     _sweep_run(run)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "ui.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "asc_dist.ui", str(run), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/health", server, tmp_path / "ui.log")
         url = re.search(r"open (http://\S+)", (tmp_path / "ui.log").read_text()).group(1)
         assert "workflowType=machine_learning" in url and "/runs" in url
         dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
