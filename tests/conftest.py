@@ -137,8 +137,14 @@ def step_env() -> dict:
 def start_until(cmd: list[str], log: Path, text: str, timeout_s: float = 240) -> subprocess.Popen:
     """Start a step in its own process group (as a terminal would), stderr to `log`, and return once `text` shows
     there: the step is then mid-work, ready for a signal or a lost service."""
+    import signal
+
+    def as_from_a_terminal() -> None:  # a suite started in the background (`cmd &`) inherits SIGINT ignored: undo it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=step_env(), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=step_env(), start_new_session=True,
+                                preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + timeout_s
     while text not in log.read_text():
         assert proc.poll() is None, log.read_text()[-3000:]
