@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from asc_dist.data.prepare import DataConfig
 from asc_dist.pipeline.driver import PipelineConfig, run_pipeline
 
@@ -25,6 +27,13 @@ def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_session, tmp_path, synt
     assert trials[0]["int8_torchscript"]
     assert trials[0]["registered_model"] == "models:/asc-dist-dsflexinet-sm1/1"  # the preset's best, in the registry
     assert "python -m asc_dist.predict --model" in report
+    # one size vocabulary: report columns and the registry's version tag say param_kb (the DCASE measure), int8_file_kb the file
+    assert "| param_kb |" in report and "| int8_file_kb |" in report and "int8 state" not in report
+    import mlflow
+
+    tags = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_model_version("asc-dist-dsflexinet-sm1", "1").tags
+    best = next(t for t in trials if t.get("best_of_preset"))
+    assert float(tags["param_kb"]) == pytest.approx(best["param_kb"], abs=1e-3) and float(tags["int8_file_kb"]) > float(tags["param_kb"])
     # (.lock is the run lock's holder note, rewritten by every writer that takes it)
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "mlflow" not in p.name and p.name != ".lock"}
     second = run_pipeline(cfg)

@@ -49,6 +49,10 @@ def test_student_run_logged_to_mlflow(student_run):
     assert r.info.status == "FINISHED"
     assert r.data.params["preset"] == "sm1" and "kd_lambda" in r.data.params
     assert {"test_accuracy", "int8_test_accuracy", "macs", "int8_file_kb"} <= set(r.data.metrics)
+    # one size vocabulary: the DCASE measure is `param_kb` in the result, in MLflow and in the complexity CLI
+    cli = subprocess.run([sys.executable, "-m", "asc_dist.complexity", f"dsflexinet:{result['preset']}", "--json"], capture_output=True,
+                         text=True, timeout=120)
+    assert r.data.metrics["param_kb"] == pytest.approx(result["param_kb"]) == pytest.approx(json.loads(cli.stdout)["param_kb"])
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"confusion_matrix.png", "per_device_accuracy.png", "model_int8.pt", "config.json"} <= arts
 
