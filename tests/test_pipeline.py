@@ -34,6 +34,7 @@ def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_session, tmp_path, synt
     tags = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_model_version("asc-dist-dsflexinet-sm1", "1").tags
     best = next(t for t in trials if t.get("best_of_preset"))
     assert float(tags["param_kb"]) == pytest.approx(best["param_kb"], abs=1e-3) and float(tags["int8_file_kb"]) > float(tags["param_kb"])
+    assert float(tags["val_accuracy"]) == pytest.approx(best["val_acc"], abs=1e-4)  # tags carry the MLflow metric names
     # (.lock is the run lock's holder note, rewritten by every writer that takes it)
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "mlflow" not in p.name and p.name != ".lock"}
     second = run_pipeline(cfg)

@@ -29,7 +29,7 @@ def registered(int8_student, tmp_path_factory):
     with tracking.run(uri, "sweep", "int8-test") as run:
         example = store.split("test").waves(np.arange(1))[0]
         version = register_student(model_file, example, run.run_id, uri, "asc-dist-dsflexinet-sm1",
-                                   {"test_acc": result["test_acc"], "macs": result["macs"], "param_kb": result["param_kb"]})
+                                   {"test_accuracy": result["test_acc"], "macs": result["macs"], "param_kb": result["param_kb"]})
     client = mlflow.MlflowClient(uri)
     return uri, f"models:/asc-dist-dsflexinet-sm1/{version}", client.get_model_version("asc-dist-dsflexinet-sm1", str(version)), model_file
 
@@ -40,7 +40,7 @@ def test_version_carries_its_numbers_and_a_signature(registered):
     import mlflow
 
     uri, model_uri, version, _ = registered
-    assert float(version.tags["test_acc"]) >= 0 and int(version.tags["macs"]) > 0 and version.tags["param_kb"]
+    assert float(version.tags["test_accuracy"]) >= 0 and int(version.tags["macs"]) > 0 and version.tags["param_kb"]
     folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=uri)
     info = mlflow.models.Model.load(folder)  # (not mlflow.set_tracking_uri: it sets the env var for the whole session)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 32000)

@@ -319,10 +319,12 @@ def _register(best: dict, cfg, store, run_id: str, uri: str, devices: dict | Non
     from asc_dist.ship.mlflow_model import register_student, registered_name
 
     name = registered_name(cfg.model, cfg.preset)
-    keys = ("name", "kd_lambda", "temperature", "val_acc", "test_acc", "unseen_acc", "int8_val_acc", "int8_test_acc", "params", "macs",
-            "param_kb", "int8_file_kb")
+    # tag names are the MLflow metric names of the same numbers (fractions), so a version reads like its runs
+    keys = {"name": "name", "kd_lambda": "kd_lambda", "temperature": "temperature", "val_acc": "val_accuracy", "test_acc": "test_accuracy",
+            "unseen_acc": "test_unseen_accuracy", "int8_val_acc": "int8_val_accuracy", "int8_test_acc": "int8_test_accuracy",
+            "params": "params", "macs": "macs", "param_kb": "param_kb", "int8_file_kb": "int8_file_kb"}
     example = store.split("test", cfg.data.val_fraction, cfg.data.val_seed).waves(np.arange(1))[0]
-    tags = {k: round(v, 4) if isinstance(v, float) else v for k, v in ((k, best.get(k)) for k in keys)}
+    tags = {tag: round(v, 4) if isinstance(v, float) else v for tag, v in ((tag, best.get(k)) for k, tag in keys.items())}
     version = register_student(best["int8_torchscript"], example, run_id, uri, name, tags, devices)
     return f"models:/{name}/{version}"
 
