@@ -116,7 +116,9 @@ def finetune_existing(student_dir: str | Path, device_epochs: int, device_lr: fl
     if not checkpoint.is_file() or not result_file.is_file():
         raise ConfigError(f"{folder} holds no trained student (model.pt and result.json); train the general student first")
     model, cfg = load_student(checkpoint)
-    cfg = replace(cfg, device_epochs=device_epochs, device_lr=device_lr, **overrides)
+    # the folder, not the checkpoint's recorded (absolute) run_dir, says where the copies go: a moved run stays whole
+    where = {"run_dir": str(folder.resolve().parent.parent), "name": folder.name}
+    cfg = replace(cfg, device_epochs=device_epochs, device_lr=device_lr, **{**where, **overrides})
     if qat_epochs is not None:
         cfg = replace(cfg, qat_epochs=qat_epochs)
     cfg.validate()

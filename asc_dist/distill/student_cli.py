@@ -108,14 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.general:
             from asc_dist.distill.devices import finetune_existing
 
-            result = finetune_existing(args.general, cfg.device_epochs, cfg.device_lr, qat_epochs=cfg.qat_epochs, run_dir=cfg.run_dir,
-                                       mlflow_uri=cfg.mlflow_uri)
+            result = finetune_existing(args.general, cfg.device_epochs, cfg.device_lr, qat_epochs=cfg.qat_epochs, mlflow_uri=cfg.mlflow_uri)
         else:
             result = train_student(cfg)
             if cfg.device_epochs > 0:  # then its device copies, from the checkpoint just written
                 from asc_dist.distill.devices import finetune_existing
 
-                result = finetune_existing(cfg.out_dir, cfg.device_epochs, cfg.device_lr, run_dir=cfg.run_dir, mlflow_uri=cfg.mlflow_uri)
+                result = finetune_existing(cfg.out_dir, cfg.device_epochs, cfg.device_lr, mlflow_uri=cfg.mlflow_uri)
     say_untracked(cfg.run_dir, started, tracking.resolve_uri(cfg.run_dir, cfg.mlflow_uri))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2, default=str))
     return 0
