@@ -20,8 +20,13 @@ Per preset, through the project's own code:
 - shipped: `shipped_waveform_in`, the exported form (waveform in, logits out) fp32 vs int8 with the front end's
   share; `front_end_1_clip`: the dense mel product against the banded one, and the STFT that both pay.
 - size: `int8_size_bytes` (serialised int8 state dict) and the DCASE parameter memory (`complexity.measure`).
+- step: `step_profile`, one training step of the default recipe part by part (`ops/step_profile.py`: front end,
+  each augmentation, forward, loss, optimiser, backward, data wait, page faults) with the model's forward+backward
+  alone as the limit; with `--baseline-src OLD_CHECKOUT` the same profile of that checkout in alternating rounds
+  (child processes, one thread each), and the speed-up of this checkout over it.
 
     OMP_NUM_THREADS=1 python ops/bench_students.py [--presets sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default] [--quick]
+        [--dirs IR_DIR] [--baseline-src OLD_CHECKOUT] [--step-only]
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from asc_dist.run.logits import write_targets
 from asc_dist.training.batches import BatchLoader
 
 log = logging.getLogger("bench_students")
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
 
 
@@ -230,20 +236,34 @@ def traced(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.trace(model.eval(), x, check_trace=False)
 
 
+class RealFFT(nn.Module):
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(frames)
+
+
 def front_end_cost(x: torch.Tensor, a: argparse.Namespace) -> dict:
     """The student front end (waveform -> log-mel), traced, 1 clip: the dense mel product against the banded one
-    (the same result within float rounding), and the STFT alone, which neither changes."""
+    (the same result within float rounding), the STFT alone, which neither changes, and inside it the real FFTs
+    alone on frames already cut and windowed (`fft_only_ms`: 64 transforms of 4,096 points, the floor of any front
+    end that keeps these features on this core)."""
     dense, banded = LogMel(STUDENT_MEL, band_groups=0).eval(), LogMel(STUDENT_MEL).eval()
     frames = STUDENT_MEL.frames(x.shape[1])
-    variants = {"dense": traced(dense, x), "banded": traced(banded, x), "stft": traced(dense.spectrogram, x[:, 1:])}
+    cfg = STUDENT_MEL
+    window = torch.nn.functional.pad(torch.hann_window(cfg.win_length, periodic=False), ((cfg.n_fft - cfg.win_length) // 2,) * 2)
+    padded = torch.nn.functional.pad(x[:, 1:].unsqueeze(1), (cfg.n_fft // 2,) * 2, mode="reflect").squeeze(1)
+    cut = (padded.unfold(-1, cfg.n_fft, cfg.hop_length) * window).contiguous()
+    inputs = {"dense": x, "banded": x, "stft": x[:, 1:], "fft_only": cut}
+    variants = {"dense": traced(dense, x), "banded": traced(banded, x), "stft": traced(dense.spectrogram, x[:, 1:]),
+                "fft_only": traced(RealFFT(), cut)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.latency_rounds):
         for k, m in variants.items():
-            times[k].append(cpu_ms_per_clip(m, x if k != "stft" else x[:, 1:], a.latency_repeats))
+            times[k].append(cpu_ms_per_clip(m, inputs[k], a.latency_repeats))
     with torch.no_grad():
         diff = float((dense(x) - banded(x)).abs().max())
     return {"dense_ms": round(statistics.median(times["dense"]), 3), "banded_ms": round(statistics.median(times["banded"]), 3),
-            "stft_ms": round(statistics.median(times["stft"]), 3), "dense_mel_macs": dense.mel_macs(frames),
+            "stft_ms": round(statistics.median(times["stft"]), 3), "fft_only_ms": round(statistics.median(times["fft_only"]), 3),
+            "fft_frames": int(cut.shape[1]), "dense_mel_macs": dense.mel_macs(frames),
             "banded_mel_macs": banded.mel_macs(frames), "max_abs_diff": diff}
 
 
@@ -371,6 +391,21 @@ def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfi
     return row
 
 
+def step_profiles(run_dir: Path, data: DataConfig, a: argparse.Namespace) -> dict:
+    """The default recipe's step, part by part (ops/step_profile.py), this checkout beside `--baseline-src`."""
+    from step_profile import profile_sources
+
+    sources = {"before": Path(a.baseline_src).resolve(), "after": REPO} if a.baseline_src else {"after": REPO}
+    args = ["--run", str(run_dir), "--store", str(data.store), "--preset", a.step_preset, "--batch-size", str(a.batch_size),
+            "--steps", str(a.step_steps), *(["--dirs", a.dirs] if a.dirs else []), *(["--data", a.data] if a.data else [])]
+    result = profile_sources(sources, args, a.step_rounds)
+    if "before" in result:  # the goal's yardstick: this step against the old step's own limit
+        result["after_vs_before_model_alone"] = round(result["after"]["clips_per_s"] / result["before"]["model_alone"]["clips_per_s"], 3)
+    result["preset"], result["batch_size"] = a.step_preset, a.batch_size
+    result["goals"] = {"speedup_whole_step": 2.0, "step_vs_model_alone": 0.7}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="TAU-layout dataset (default: generate the synthetic one in a temp dir)")
@@ -385,6 +420,12 @@ def main() -> None:
     p.add_argument("--latency-rounds", type=int, default=5)
     p.add_argument("--profile-repeats", type=int, default=20)
     p.add_argument("--no-profile", action="store_true", help="skip the per-module int8 profile")
+    p.add_argument("--dirs", default=None, help="impulse responses for Auto-DIR (e.g. ../shared/data/micirp; default: generated)")
+    p.add_argument("--baseline-src", default=None, help="an older checkout (git worktree) profiled beside this one")
+    p.add_argument("--step-preset", default="sm2", help="the student of the step profile")
+    p.add_argument("--step-steps", type=int, default=10, help="timed steps per step-profile round")
+    p.add_argument("--step-rounds", type=int, default=3, help="step-profile rounds (alternating with the baseline)")
+    p.add_argument("--step-only", action="store_true", help="only the step profile")
     p.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -392,6 +433,7 @@ def main() -> None:
     if a.quick:
         a.clips_per_device, a.train_clips, a.batch_size = 4, 32, 16
         a.latency_repeats, a.latency_rounds, a.profile_repeats = 3, 1, 2
+        a.step_preset, a.step_steps, a.step_rounds = "sm1", 2, 1
         a.presets = a.presets if a.presets != DEFAULT_PRESETS else "sm1"
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -399,9 +441,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_students_"))
     try:
         # no --data: prepare_store generates the synthetic dataset into tmp/data first
-        data = DataConfig(root=a.data, store=str(tmp / "store"), synth_clips_per_device=a.clips_per_device)
+        data = DataConfig(root=a.data, store=str(tmp / "store"), synth_clips_per_device=a.clips_per_device, dirs=a.dirs)
         store = prepare_store(data, tmp)
         write_fake_targets(tmp, store)
+        steps = step_profiles(tmp, data, a)
+        if a.step_only:
+            print(json.dumps({"step_profile": steps, "cpus": os.cpu_count(), "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)]}, indent=2))
+            return
         calib = real_mels(store, 32)
         front_rate = front_end_rate(store, a.batch_size, device, repeats=3)
         wave = torch.from_numpy(store.split("test").waves(np.arange(1)))
@@ -414,7 +460,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine,
         "cpus": os.cpu_count(), "front_end_clips_per_s": round(front_rate, 1), "front_end_1_clip": front,
         "goals": {"data_wait_share": 0.05, "ratio_int8_vs_fp32": 0.5},
-        "presets": rows,
+        "presets": rows, "step_profile": steps,
         "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
     }, indent=2))
 

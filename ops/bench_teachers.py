@@ -16,7 +16,11 @@ no augmentation, one torch thread unless `--threads`), after a one-batch warm-up
 step spent waiting for data. PaSST's full size (86 M parameters, AudioSet weights) is a GPU model and is left
 out; its tiny size is measured.
 
+(c) Context teachers (`--context-profile`): the demo roster's whole-recording CP-ResNet step on 4-s and 10-s
+windows part by part (`ops/step_profile.py`), with `--baseline-src OLD_CHECKOUT` beside that checkout's.
+
     OMP_NUM_THREADS=1 python ops/bench_teachers.py [--family cpresnet] [--size tiny] [--epochs 8] [--quick]
+        [--context-profile [--baseline-src OLD_CHECKOUT]]
 """
 
 from __future__ import annotations
@@ -173,6 +177,21 @@ def throughput(store: WaveformStore, models: list[tuple[str, str]], clips: int, 
     return out
 
 
+def context_profiles(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:
+    """The context CP-ResNet's training step on 4-s and 10-s windows, this checkout beside `--baseline-src`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from step_profile import REPO, profile_sources
+
+    sources = {"before": Path(a.baseline_src).resolve(), "after": REPO} if a.baseline_src else {"after": REPO}
+    out = {}
+    for seconds in (4, 10):
+        args = ["--run", str(tmp), "--store", str(data.store), "--data", str(data.root), "--teacher", "cpresnet:default",
+                "--context-s", str(seconds), "--batch-size", "8", "--steps", str(a.context_steps)]
+        out[f"{seconds}s"] = profile_sources(sources, args, a.context_rounds)
+    out["goal_speedup_whole_step"] = 1.5
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="TAU-layout dataset (default: generate the synthetic one in a temp dir)")
@@ -186,6 +205,10 @@ def main() -> None:
     p.add_argument("--throughput-clips", type=int, default=128, help="clips in each throughput epoch")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the throughput part")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda: half a GPU per teacher in part a)")
+    p.add_argument("--context-profile", action="store_true", help="(c): the context teacher's step, part by part")
+    p.add_argument("--baseline-src", default=None, help="(c): an older checkout (git worktree) profiled beside this one")
+    p.add_argument("--context-steps", type=int, default=6, help="(c): timed steps per round")
+    p.add_argument("--context-rounds", type=int, default=3, help="(c): rounds, alternating with the baseline")
     p.add_argument("--skip-concurrency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
@@ -193,7 +216,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     models = [tuple(m.split(":")) for m in a.models.split(",")] if a.models else list(THROUGHPUT_MODELS)
     if a.quick:
-        a.clips_per_device, a.epochs, a.throughput_clips = 4, 1, 8
+        a.clips_per_device, a.epochs, a.throughput_clips, a.context_steps, a.context_rounds = 4, 1, 8, 1, 1
         models = models if a.models else [("cpresnet", "tiny"), ("passt", "tiny")]
     torch.set_num_threads(a.threads)
     load_start = os.getloadavg()[0]
@@ -207,6 +230,8 @@ def main() -> None:
         if not a.skip_throughput:
             result["throughput"] = throughput(store, models, a.throughput_clips, a.batch_size, a.device)
             result["throughput_torch_threads"] = torch.get_num_threads()
+        if a.context_profile:
+            result["context_teacher_profile"] = context_profiles(tmp, data, a)
         if not a.skip_concurrency:
             result["concurrency"] = concurrency(tmp, data, store, a)
     finally:

@@ -49,7 +49,7 @@ class ConvBNAct(nn.Sequential):
             ("bn", nn.BatchNorm2d(out_ch)),
         ]
         if act:
-            layers.append(("act", nn.ReLU()))
+            layers.append(("act", nn.ReLU(inplace=True)))  # BN backward reads its input, not this output
         super().__init__(OrderedDict(layers))
 
     def fuse(self) -> None:

@@ -48,9 +48,9 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, groups=groups, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu_(self.bn1(self.conv1(x)))  # in place: batch norm's backward reads its input, not its output
         y = self.bn2(self.conv2(y))
-        return torch.relu(y + self.shortcut(x))
+        return torch.relu_(y + self.shortcut(x))
 
 
 class CPResNet(nn.Module):
@@ -77,7 +77,7 @@ class CPResNet(nn.Module):
             if width <= 0 or width % group:
                 raise ConfigError(f"CP-ResNet stage widths {widths} must be positive and divisible by groups {groups}")
         self.stem = nn.Sequential(
-            nn.Conv2d(1, widths[0], 5, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+            nn.Conv2d(1, widths[0], 5, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
         )
         stages, c_in = [], widths[0]
         for s, (width, blocks, group) in enumerate(zip(widths, n_blocks, groups)):

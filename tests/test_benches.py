@@ -77,6 +77,11 @@ def test_bench_students(synth_root):
     assert positive(shipped["fp32_ms"], shipped["int8_ms"], shipped["front_end_ms"], shipped["onnxruntime_fp32_ms"], shipped["onnxruntime_int8_ms"])
     assert positive(rn["int8_rn_cpu_ms"], rn["float_island_rn_cpu_ms"], rn["bn_instead_cpu_ms"])
     assert front["banded_mel_macs"] * 10 < front["dense_mel_macs"] and front["max_abs_diff"] < 1e-4
+    step = out["step_profile"]["after"]
+    parts = step["parts_ms_per_step"]
+    assert {"front_end", "forward", "backward_and_rest", "optimizer", "loss", "adir", "roll", "freq_mask"} <= set(parts)
+    assert positive(parts["front_end"], parts["forward"], parts["backward_and_rest"], step["clips_per_s"], step["model_alone"]["clips_per_s"])
+    assert step["channels_last"] is True and step["augmentations"][:2] == ["adir", "roll"]
 
 
 def test_bench_scale():

@@ -49,6 +49,10 @@ CNN_MEL = MelConfig(n_fft=2048, win_length=2048, hop_length=500, n_mels=128)
 
 FRONT_ENDS = {"student": STUDENT_MEL, "cpresnet": CPRESNET_MEL, "passt": PASST_MEL, "cnn": CNN_MEL}
 
+# One CPU front-end pass holds at most this much complex spectrogram (7 student clips, one ten-second CP-ResNet
+# window): a whole batch of 64 student clips in one pass took 2.3x as long (ops/bench_students.py, front_end).
+CHUNK_BYTES = 8 * 2**20
+
 
 class LogMel(nn.Module):
     """Waveform [batch, samples] at `cfg.sample_rate` -> log-mel [batch, 1, n_mels, frames]."""
@@ -98,28 +102,51 @@ class LogMel(nn.Module):
         )
         return torch.nn.functional.pad(banks, (0, 1), value=0.0)  # Kaldi banks omit the Nyquist bin
 
+    def chunk_rows(self, n_samples: int) -> int:
+        """Clips per front-end pass on CPU: as many as keep one pass's complex spectrogram within CHUNK_BYTES,
+        so that its intermediates stay in cache and in malloc's reused heap (`asc_dist.infra.allocator`)."""
+        per_clip = (self.cfg.n_fft // 2 + 1) * self.cfg.frames(n_samples) * 8
+        return max(1, CHUNK_BYTES // per_clip)
+
+    def _train_banks(self) -> list[tuple[int, int, torch.Tensor]] | torch.Tensor:
+        """The mel banks with this batch's jittered upper edge (one draw per batch), banded like the eval ones."""
+        jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
+        banks = self._banks(self.cfg.fmax + jitter)  # on the CPU: cut into bands there, then moved
+        if self.band_groups:  # the jittered banks, banded the same way (a dense product is 16x the work)
+            return self._band_slices(banks, self.band_groups)
+        return banks
+
+    def _mel(self, waves: torch.Tensor, banks: list[tuple[int, int, torch.Tensor]] | torch.Tensor | None) -> torch.Tensor:
+        """Mel power [B, n_mels, frames] of fp32 waves; `banks` from `_train_banks`, or None for the eval banks."""
+        x = waves[:, 1:] - 0.97 * waves[:, :-1]  # pre-emphasis; as a conv1d it was 60x slower on CPU
+        spec = self.spectrogram(x)  # complex [B, n_fft/2+1, frames]
+        power = spec.real.square() + spec.imag.square()
+        if isinstance(banks, list):
+            return torch.cat([torch.matmul(piece.to(power.device), power[:, lo:hi]) for lo, hi, piece in banks], dim=1)
+        if banks is not None:
+            return torch.matmul(banks.to(power.device), power)
+        if self._spans:  # the same product over the non-zero band of each run of filters only
+            return torch.cat([torch.matmul(getattr(self, f"_band{i}"), power[:, lo:hi]) for i, (lo, hi) in enumerate(self._spans)], dim=1)
+        return torch.matmul(self.eval_banks.float(), power)
+
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         if waves.dim() == 3:
             waves = waves.squeeze(1)
+        banks = self._train_banks() if self.training and self.cfg.fmax_aug_range > 1 else None
         with torch.autocast(device_type=waves.device.type, enabled=False):  # the whole front end in fp32
             waves = waves.float()
-            x = waves[:, 1:] - 0.97 * waves[:, :-1]  # pre-emphasis; as a conv1d it was 60x slower on CPU
-            spec = self.spectrogram(x)  # complex [B, n_fft/2+1, frames]
-            power = spec.real.square() + spec.imag.square()
-            if self.training and self.cfg.fmax_aug_range > 1:
-                jitter = self.cfg.fmax_aug_range // 2 - int(torch.randint(self.cfg.fmax_aug_range, (1,)))
-                banks = self._banks(self.cfg.fmax + jitter)  # on the CPU: cut into bands there, then moved
-                if self.band_groups:  # the jittered banks, banded the same way (a dense product is 16x the work)
-                    mel = torch.cat([torch.matmul(piece.to(power.device), power[:, lo:hi])
-                                     for lo, hi, piece in self._band_slices(banks, self.band_groups)], dim=1)
-                else:
-                    mel = torch.matmul(banks.to(power.device), power)
-            elif self._spans:  # the same product over the non-zero band of each run of filters only
-                mel = torch.cat([torch.matmul(getattr(self, f"_band{i}"), power[:, lo:hi]) for i, (lo, hi) in enumerate(self._spans)], dim=1)
-            else:
-                mel = torch.matmul(self.eval_banks.float(), power.float())
+            rows = self.chunk_rows(waves.shape[-1])
+            if waves.device.type != "cpu" or waves.shape[0] <= rows or _exporting():
+                mel = self._mel(waves, banks)
+            else:  # clip by clip the same numbers: the STFT and the mel product never mix rows
+                mel = torch.cat([self._mel(part, banks) for part in waves.split(rows)])
         mel = (torch.log(mel + 1e-5) + 4.5) / 5.0
         return mel.unsqueeze(1)
+
+
+def _exporting() -> bool:
+    """Tracing (TorchScript) or exporting (ONNX, dynamo): one pass, so the recorded graph takes any batch size."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
 def front_end(name: str) -> LogMel:
