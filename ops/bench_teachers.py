@@ -225,7 +225,8 @@ def main() -> None:
         # no --data: prepare_store generates the synthetic dataset into tmp/data first
         data = DataConfig(root=a.data, store=str(tmp / "store"), synth_clips_per_device=a.clips_per_device)
         store = prepare_store(data, tmp)
-        data = replace(data, root=str(tmp / "data"))  # later calls read that dataset (root=None would generate it again per run folder)
+        if a.data is None:  # later calls read the generated dataset (root=None would generate it again per run folder)
+            data = replace(data, root=str(tmp / "data"))
         result = {"clips": len(store.table()), "cpus": os.cpu_count(), "device": a.device}
         if not a.skip_throughput:
             result["throughput"] = throughput(store, models, a.throughput_clips, a.batch_size, a.device)

@@ -40,8 +40,12 @@ def test_bench_data(synth_root):
 
 
 def test_bench_teachers_throughput(synth_root):
-    out = run_bench("bench_teachers.py", "--quick", "--skip-concurrency", "--data", str(synth_root))
+    out = run_bench("bench_teachers.py", "--quick", "--skip-concurrency", "--context-profile", "--data", str(synth_root))
     assert "concurrency" not in out
+    for window in ("4s", "10s"):  # the context teacher's step, part by part, on windows of that many seconds
+        step = out["context_teacher_profile"][window]["after"]
+        assert step["seconds_of_audio_per_clip"] == float(window[:-1]) and step["channels_last"] is True
+        assert positive(step["parts_ms_per_step"]["front_end"], step["parts_ms_per_step"]["forward"], step["audio_s_per_s"])
     assert {(r["family"], r["size"]) for r in out["throughput"]} == {("cpresnet", "tiny"), ("passt", "tiny")}
     for row in out["throughput"]:
         assert positive(row["params"], row["clips_per_s"], row["epoch_s"])
