@@ -50,7 +50,7 @@ CNN_MEL = MelConfig(n_fft=2048, win_length=2048, hop_length=500, n_mels=128)
 FRONT_ENDS = {"student": STUDENT_MEL, "cpresnet": CPRESNET_MEL, "passt": PASST_MEL, "cnn": CNN_MEL}
 
 # One CPU front-end pass holds at most this much complex spectrogram (7 student clips, one ten-second CP-ResNet
-# window): a whole batch of 64 student clips in one pass took 2.3x as long (ops/bench_students.py, front_end).
+# window): with the whole batch of 64 student clips in one pass the front end took 2.3x as long (ops/step_profile.py).
 CHUNK_BYTES = 8 * 2**20
 
 
