@@ -114,8 +114,8 @@ def teacher_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformSto
     aug = augment_config(t, store.sample_rate)
     bank = load_bank(ctx.dirs, store.sample_rate, store.manifest.get("source")) if aug.needs_impulse_responses else None
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
-    if wrap is not None:
-        model = wrap(model)
+    if wrap is not None:  # NHWC (how the Trainer trains) before DDP lays out its gradient buckets
+        model = wrap(model.to(memory_format=torch.channels_last))
     trainer = Trainer(
         model, front, train, val,
         # every rank starts from the same weights (seeded above; DDP also broadcasts rank 0's) but draws its own

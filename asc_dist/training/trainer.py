@@ -48,7 +48,7 @@ class OptimConfig:
     warmup_fraction: float = 0.1  # of all steps, linear warm-up, then cosine decay to 0
     seed: int = 0
     amp: str = "bf16"  # the model's forward on CUDA: bf16 autocast, or "off" (fp32); CPU is always fp32
-    channels_last: bool = True  # 4-D weights and log-mel inputs in NHWC order while training (the same numbers)
+    channels_last: bool = True  # 4-D weights and log-mel inputs in NHWC order while training (same results up to rounding)
 
     def __post_init__(self) -> None:
         check_amp(self.amp)
