@@ -55,6 +55,29 @@ def test_fine_tuning_writes_a_model_per_training_device(device_student):
     assert sorted(r.info.run_name.rsplit("/", 1)[-1] for r in runs) == sorted(SEEN)
 
 
+def test_routed_system_scores_each_copy_on_its_own_device_only(device_student):
+    """The routed report equals the plain way: every copy scoring every val/test clip, its device's rows kept."""
+    from asc_dist.distill.devices import load_student, routed_reports
+    from asc_dist.nets.features import STUDENT_MEL, LogMel
+    from asc_dist.training.evaluation import score_splits, split_reports
+
+    folder, store, _ = device_student
+    general, cfg = load_student(folder / "model.pt")
+    copies = {dev: load_student(folder / "devices" / dev / "model.pt")[0] for dev in SEEN}
+    routed = routed_reports(general, copies, store, cfg, "cpu")
+    d, front = cfg.data, LogMel(STUDENT_MEL)
+    logits, rows = score_splits(general, front, store, ("val", "test"), d.val_fraction, d.val_seed, "cpu", amp=cfg.amp)
+    for dev, model in copies.items():
+        mask = rows.device == dev
+        logits[mask] = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, "cpu", amp=cfg.amp)[0][mask]
+    for split in ("val", "test"):
+        here = rows.split == split
+        expected = float((logits[here].argmax(1) == rows.label[here]).mean())
+        assert routed[split].accuracy == pytest.approx(expected, abs=1.5 / here.sum())  # a tie may break the other way
+        plain = split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=sorted(SEEN))[split]
+        assert routed[split].log_loss == pytest.approx(plain.log_loss, rel=1e-4)  # the same logits on the same rows
+
+
 def _read(path: Path) -> dict[str, np.ndarray]:
     with open(path) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))

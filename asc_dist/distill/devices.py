@@ -20,6 +20,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from asc_dist.data.store import WaveformStore
@@ -30,6 +31,7 @@ from asc_dist.run.atomic import write_text_atomic
 from asc_dist.run.checkpoint import load_plain
 from asc_dist.run.layout import DEVICES_DIR, STUDENT_CHECKPOINT, STUDENT_RESULT
 from asc_dist.training.evaluation import score_splits, split_reports
+from asc_dist.training.trainer import predict
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,12 @@ def routed_reports(general: nn.Module, copies: dict[str, nn.Module], store: Wave
     d = cfg.data
     front = LogMel(FRONT_ENDS[getattr(general, "front_end", "student")])
     logits, rows = score_splits(general, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp)
-    for dev, model in copies.items():
+    for dev, model in copies.items():  # each copy scores its own device's clips only, in the rows' order (split, then table)
         mask = rows.device == dev
-        if mask.any():
-            logits[mask] = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp)[0][mask]
+        parts = [predict(model, front, store.split(s, d.val_fraction, d.val_seed).of_device(dev), device=device, amp=cfg.amp)
+                 for s in ("val", "test") if (mask & (rows.split == s)).any()]
+        if parts:
+            logits[mask] = np.concatenate(parts)
     return split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=training_devices(cfg, store))
 
 
