@@ -23,7 +23,8 @@ Per preset, through the project's own code:
 - step: `step_profile`, one training step of the default recipe part by part (`ops/step_profile.py`: front end,
   each augmentation, forward, loss, optimiser, backward, data wait, page faults) with the model's forward+backward
   alone as the limit; with `--baseline-src OLD_CHECKOUT` the same profile of that checkout in alternating rounds
-  (child processes, one thread each), and the speed-up of this checkout over it.
+  (child processes, one thread each), and the speed-up of this checkout over it; `qat_after`, the same step in
+  the int8 QAT phase (fake-quantised model).
 
     OMP_NUM_THREADS=1 python ops/bench_students.py [--presets sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default] [--quick]
         [--dirs IR_DIR] [--baseline-src OLD_CHECKOUT] [--step-only]
@@ -401,6 +402,7 @@ def step_profiles(run_dir: Path, data: DataConfig, a: argparse.Namespace) -> dic
     result = profile_sources(sources, args, a.step_rounds)
     if "before" in result:  # the goal's yardstick: this step against the old step's own limit
         result["after_vs_before_model_alone"] = round(result["after"]["clips_per_s"] / result["before"]["model_alone"]["clips_per_s"], 3)
+    result["qat_after"] = profile_sources({"after": REPO}, [*args, "--qat"], a.step_rounds)["after"]  # the QAT phase's step
     result["preset"], result["batch_size"] = a.step_preset, a.batch_size
     result["goals"] = {"speedup_whole_step": 2.0, "step_vs_model_alone": 0.7}
     return result

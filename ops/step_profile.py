@@ -188,6 +188,7 @@ def main() -> None:
     p.add_argument("--dirs", default=None, help="impulse responses for Auto-DIR (default: the dataset's own)")
     p.add_argument("--preset", default="sm2")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--qat", action="store_true", help="the student's int8 QAT phase (fake-quantised, fp32 forward)")
     p.add_argument("--teacher", default=None, help="FAMILY:SIZE: profile that teacher's step instead of the student's")
     p.add_argument("--context-s", type=int, default=10, help="the teacher's window in seconds (asc_dist.training.context)")
     p.add_argument("--steps", type=int, default=12)
@@ -201,7 +202,12 @@ def main() -> None:
     else:
         cfg = StudentConfig(run_dir=a.run, data=data, preset=a.preset, targets="fused", epochs=1, batch_size=a.batch_size, threads=1)
         torch.manual_seed(0)
-        trainer = student_trainer(cfg, store, build_student_model(cfg, len(store.classes)), epochs=1, lr=cfg.lr)
+        model = build_student_model(cfg, len(store.classes))
+        if a.qat:  # as asc_dist/distill/qat.py trains it: fused conv-BN-ReLU with fake-quantisers, no autocast
+            from asc_dist.nets.quantize import prepare_qat
+
+            model = prepare_qat(model)
+        trainer = student_trainer(cfg, store, model, epochs=1, lr=cfg.qat_lr if a.qat else cfg.lr, amp="off" if a.qat else None)
     if len(trainer.train_data) < a.batch_size:
         sys.exit(f"error: a batch of {a.batch_size} needs that many training clips; the store has {len(trainer.train_data)}")
     waves = trainer.train_data.waves(np.arange(a.batch_size))
@@ -214,6 +220,7 @@ def main() -> None:
     step["audio_s_per_s"] = round(step["clips_per_s"] * step["seconds_of_audio_per_clip"], 1)
     step["augmentations"] = [part_name(m) for m in list(trainer.wave_aug.steps) + list(trainer.spec_aug)]
     step["channels_last"] = bool(getattr(trainer.cfg, "channels_last", False))
+    step["qat"] = a.qat
     print(json.dumps(step))
 
 

@@ -86,6 +86,8 @@ def test_bench_students(synth_root):
     assert {"front_end", "forward", "backward_and_rest", "optimizer", "loss", "adir", "roll", "freq_mask"} <= set(parts)
     assert positive(parts["front_end"], parts["forward"], parts["backward_and_rest"], step["clips_per_s"], step["model_alone"]["clips_per_s"])
     assert step["channels_last"] is True and step["augmentations"][:2] == ["adir", "roll"]
+    qat = out["step_profile"]["qat_after"]
+    assert qat["qat"] is True and positive(qat["clips_per_s"], qat["parts_ms_per_step"]["forward"])
 
 
 def test_bench_scale():
