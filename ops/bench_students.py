@@ -63,7 +63,6 @@ from asc_dist.run.logits import write_targets
 from asc_dist.training.batches import BatchLoader
 
 log = logging.getLogger("bench_students")
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
 
 
@@ -396,13 +395,12 @@ def step_profiles(run_dir: Path, data: DataConfig, a: argparse.Namespace) -> dic
     """The default recipe's step, part by part (ops/step_profile.py), this checkout beside `--baseline-src`."""
     from step_profile import profile_sources
 
-    sources = {"before": Path(a.baseline_src).resolve(), "after": REPO} if a.baseline_src else {"after": REPO}
     args = ["--run", str(run_dir), "--store", str(data.store), "--preset", a.step_preset, "--batch-size", str(a.batch_size),
             "--steps", str(a.step_steps), *(["--dirs", a.dirs] if a.dirs else []), *(["--data", a.data] if a.data else [])]
-    result = profile_sources(sources, args, a.step_rounds)
+    result = profile_sources(a.baseline_src, args, a.step_rounds)
     if "before" in result:  # the goal's yardstick: this step against the old step's own limit
         result["after_vs_before_model_alone"] = round(result["after"]["clips_per_s"] / result["before"]["model_alone"]["clips_per_s"], 3)
-    result["qat_after"] = profile_sources({"after": REPO}, [*args, "--qat"], a.step_rounds)["after"]  # the QAT phase's step
+    result["qat_after"] = profile_sources(None, [*args, "--qat"], a.step_rounds)["after"]  # the QAT phase's step
     result["preset"], result["batch_size"] = a.step_preset, a.batch_size
     result["goals"] = {"speedup_whole_step": 2.0, "step_vs_model_alone": 0.7}
     return result

@@ -179,15 +179,13 @@ def throughput(store: WaveformStore, models: list[tuple[str, str]], clips: int, 
 
 def context_profiles(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:
     """The context CP-ResNet's training step on 4-s and 10-s windows, this checkout beside `--baseline-src`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from step_profile import REPO, profile_sources
+    from step_profile import profile_sources
 
-    sources = {"before": Path(a.baseline_src).resolve(), "after": REPO} if a.baseline_src else {"after": REPO}
     out = {}
     for seconds in (4, 10):
         args = ["--run", str(tmp), "--store", str(data.store), "--data", str(data.root), "--teacher", "cpresnet:default",
                 "--context-s", str(seconds), "--batch-size", "8", "--steps", str(a.context_steps)]
-        out[f"{seconds}s"] = profile_sources(sources, args, a.context_rounds)
+        out[f"{seconds}s"] = profile_sources(a.baseline_src, args, a.context_rounds)
     out["goal_speedup_whole_step"] = 1.5
     return out
 

@@ -37,10 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("step_profile")
 
 
-def profile_sources(sources: dict[str, Path], args: list[str], rounds: int) -> dict:
-    """This script in a child process per source checkout (PYTHONPATH = that checkout, one thread), the sources
-    alternating round by round so that load changes hit each; the median of every field, and with a "before"
-    source the speed-ups of "after" over it."""
+def profile_sources(baseline: str | None, args: list[str], rounds: int) -> dict:
+    """This script in a child process per checkout (PYTHONPATH = that checkout, one thread): "after" is this one,
+    "before" the `baseline` checkout if given, alternating round by round so that load changes hit each; the median
+    of every field, and with a baseline the speed-ups of "after" over it."""
+    sources = {"before": Path(baseline).resolve(), "after": REPO} if baseline else {"after": REPO}
     runs: dict[str, list[dict]] = {k: [] for k in sources}
     for r in range(rounds):
         for name, src in sources.items():
@@ -212,7 +213,6 @@ def main() -> None:
         sys.exit(f"error: a batch of {a.batch_size} needs that many training clips; the store has {len(trainer.train_data)}")
     waves = trainer.train_data.waves(np.arange(a.batch_size))
     alone = model_alone(trainer, waves, repeats=5)
-    trainer.loader = BatchLoader(trainer.train_data, a.batch_size, shuffle=True, seed=0, drop_last=True)
     step = profile_step(trainer, a.steps, a.warmup)
     step["model_alone"] = alone
     step["step_vs_model_alone"] = round(step["clips_per_s"] / alone["clips_per_s"], 3)
