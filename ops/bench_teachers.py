@@ -19,8 +19,14 @@ out; its tiny size is measured.
 (c) Context teachers (`--context-profile`): the demo roster's whole-recording CP-ResNet step on 4-s and 10-s
 windows part by part (`ops/step_profile.py`), with `--baseline-src OLD_CHECKOUT` beside that checkout's.
 
+(d) Fixed costs (`--trial-overhead`): the demo roster (`asc_dist/teach/rosters/demo.yaml`) through the real
+command, `python -m asc_dist.teachers`, in a fresh process: each trial's wall time against its training epochs
+(`train_s`, the steps of every epoch; the rest is model build, validation, scoring every clip, reports, logits,
+checkpoints and MLflow), the command's start-up (process start to the first trial's start) and finish, and the
+start-up's pieces, each timed alone in a fresh process: imports, Ray start, the MLflow store (new and existing).
+
     OMP_NUM_THREADS=1 python ops/bench_teachers.py [--family cpresnet] [--size tiny] [--epochs 8] [--quick]
-        [--context-profile [--baseline-src OLD_CHECKOUT]]
+        [--context-profile [--baseline-src OLD_CHECKOUT]] [--trial-overhead [--roster ROSTER]]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +62,7 @@ from asc_dist.training.trainer import OptimConfig, Trainer  # noqa: E402
 from teachers.families import build_teacher  # noqa: E402
 
 log = logging.getLogger("bench_teachers")
+REPO = Path(__file__).resolve().parents[1]
 
 # (family, size) measured in part (b); PaSST's full size needs a GPU and AudioSet weights to make sense.
 THROUGHPUT_MODELS = (
@@ -96,7 +104,7 @@ def timed_run(cfg: TeachersConfig) -> tuple[float, list[dict]]:
 def trial_summary(row: dict, train_clips: int) -> dict:
     """A trial's wall time, split into training epochs and the rest: model build (imports), validation each
     epoch, scoring every clip, reports, logits and MLflow."""
-    train_s = row["epochs_trained"] * train_clips / row["clips_per_s"]
+    train_s = row.get("train_s") or row["epochs_trained"] * train_clips / row["clips_per_s"]
     return {"teacher": row["teacher"], "wall_s": round(row["wall_s"], 2), "train_s": round(train_s, 2),
             "outside_training_s": round(row["wall_s"] - train_s, 2), "clips_per_s": round(row["clips_per_s"], 1)}
 
@@ -190,6 +198,63 @@ def context_profiles(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict
     return out
 
 
+STARTUP_PARTS = """
+import json, sys, tempfile, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import ray.tune
+t2 = time.perf_counter()
+import mlflow
+from asc_dist.teach import driver, trial
+t3 = time.perf_counter()
+from asc_dist.infra import tracking
+from asc_dist.infra.cluster import connect
+db = tempfile.mkdtemp() + "/mlflow.db"
+s = time.perf_counter(); tracking.experiment_id("bench", f"sqlite:///{db}"); new_store = time.perf_counter() - s
+s = time.perf_counter(); connect(None, num_cpus=2); ray_s = time.perf_counter() - s
+ray.shutdown()
+print(json.dumps({"import_torch_s": t1 - t0, "import_ray_tune_s": t2 - t1, "import_mlflow_and_project_s": t3 - t2,
+                  "mlflow_new_store_s": new_store, "ray_start_s": ray_s, "db": db}))
+"""
+
+EXISTING_STORE = """
+import json, sys, time
+import mlflow
+from asc_dist.infra import tracking
+s = time.perf_counter(); tracking.experiment_id("bench", f"sqlite:///{sys.argv[1]}"); print(json.dumps({"mlflow_existing_store_s": time.perf_counter() - s}))
+"""
+
+
+def fresh_process(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def trial_overhead(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:
+    """(d): the demo roster through `python -m asc_dist.teachers` in a fresh process; per trial the share of its
+    wall time outside training epochs, the command's start-up and finish, and the start-up's pieces."""
+    parts = fresh_process(STARTUP_PARTS)
+    parts.update(fresh_process(EXISTING_STORE, parts.pop("db")))
+    run = tmp / "overhead"
+    cmd = [sys.executable, "-m", "asc_dist.teachers", "--roster", a.roster, "--run", str(run), "--data", str(data.root),
+           "--store", str(data.store), *(["--epochs", "1", "--size", "tiny"] if a.quick else [])]
+    begun = time.time()
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=sys.stderr)
+    ended = time.time()
+    rows = json.loads((run / "teachers.json").read_text())["teachers"].values()
+    trials = [{"teacher": r["teacher"], "wall_s": round(r["wall_s"], 2), "train_s": round(r["train_s"], 2),
+               "outside_training_s": round(r["wall_s"] - r["train_s"], 2), "outside_share": round(1 - r["train_s"] / r["wall_s"], 3),
+               "epochs": r["epochs_trained"]} for r in rows]
+    first_start = min(r["started_at"] for r in rows)
+    last_end = max(r["started_at"] + r["wall_s"] for r in rows)
+    return {"roster": str(Path(a.roster).relative_to(REPO)) if Path(a.roster).is_relative_to(REPO) else a.roster,
+            "command_wall_s": round(ended - begun, 2), "trials": trials,
+            "startup_to_first_trial_s": round(first_start - begun, 2), "after_last_trial_s": round(ended - last_end, 2),
+            "startup_parts_s": {k: round(v, 2) for k, v in parts.items()},
+            "goal_outside_share": 0.2}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="TAU-layout dataset (default: generate the synthetic one in a temp dir)")
@@ -207,6 +272,8 @@ def main() -> None:
     p.add_argument("--baseline-src", default=None, help="(c): an older checkout (git worktree) profiled beside this one")
     p.add_argument("--context-steps", type=int, default=6, help="(c): timed steps per round")
     p.add_argument("--context-rounds", type=int, default=3, help="(c): rounds, alternating with the baseline")
+    p.add_argument("--trial-overhead", action="store_true", help="(d): the demo roster's fixed costs, through the real command")
+    p.add_argument("--roster", default=str(REPO / "asc_dist" / "teach" / "rosters" / "demo.yaml"), help="(d): the roster it runs")
     p.add_argument("--skip-concurrency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--quick", action="store_true", help="smallest settings (smoke test)")
@@ -231,6 +298,8 @@ def main() -> None:
             result["throughput_torch_threads"] = torch.get_num_threads()
         if a.context_profile:
             result["context_teacher_profile"] = context_profiles(tmp, data, a)
+        if a.trial_overhead:
+            result["trial_overhead"] = trial_overhead(tmp, data, a)
         if not a.skip_concurrency:
             result["concurrency"] = concurrency(tmp, data, store, a)
     finally:

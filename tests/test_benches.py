@@ -40,8 +40,14 @@ def test_bench_data(synth_root):
 
 
 def test_bench_teachers_throughput(synth_root):
-    out = run_bench("bench_teachers.py", "--quick", "--skip-concurrency", "--context-profile", "--data", str(synth_root))
+    out = run_bench("bench_teachers.py", "--quick", "--skip-concurrency", "--context-profile", "--trial-overhead", "--data", str(synth_root))
     assert "concurrency" not in out
+    fixed = out["trial_overhead"]  # the demo roster through the real command: each trial's time outside its epochs
+    assert [t["teacher"] for t in fixed["trials"]] == ["cpr-10s", "cpr-1s"]
+    for t in fixed["trials"]:
+        assert 0 < t["train_s"] < t["wall_s"] and 0 < t["outside_share"] < 1 and t["epochs"] == 1
+    assert positive(fixed["command_wall_s"], fixed["startup_to_first_trial_s"], *fixed["startup_parts_s"].values())
+    assert fixed["startup_to_first_trial_s"] + max(t["wall_s"] for t in fixed["trials"]) <= fixed["command_wall_s"]
     for window in ("4s", "10s"):  # the context teacher's step, part by part, on windows of that many seconds
         step = out["context_teacher_profile"][window]["after"]
         assert step["seconds_of_audio_per_clip"] == float(window[:-1]) and step["channels_last"] is True

@@ -265,7 +265,7 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
     keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
-            "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
+            "train_s", "started_at", "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}

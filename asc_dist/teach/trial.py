@@ -168,9 +168,11 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
     save_teacher_weights(t, ctx, store, model)
     wall = time.perf_counter() - start
-    mlrun.log_metrics({"wall_s": wall})
+    train_s = sum(h.get("epoch_s", 0.0) for h in history)  # the epochs' training steps; wall_s - train_s is the trial's overhead
+    mlrun.log_metrics({"wall_s": wall, "train_s": train_s})
     return {
-        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "node_ip": ip, "wall_s": wall,
+        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "node_ip": ip, "wall_s": wall, "train_s": train_s,
+        "started_at": time.time() - wall,  # Unix time the trial began (after its worker's imports)
         "context_s": t.context_s, "init": f"weights {Path(t.weights).name}" if t.weights else "scratch",
         "train_acc": train_acc, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
         "unseen_acc": flat.get("test_unseen_accuracy"), "epochs_trained": len(history),
