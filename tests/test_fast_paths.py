@@ -188,6 +188,33 @@ def test_channels_last_gradients_differ_by_float_rounding_only():
     assert nchw < 1e-4 and nhwc < 0.03, (nchw, nhwc)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_residual_norm_training_path_equals_torch_instance_norm(channels_last):
+    """RN's two-pass instance norm (CPU training) against `F.instance_norm`: the same output, input gradient and
+    lambda gradient within 1e-5 on a real log-mel batch's stage-entry activations, in either memory order."""
+    from students.dsflexinet import ResidualNorm
+
+    torch.manual_seed(0)
+    stem = torch.nn.Conv2d(1, 16, 3, stride=4, padding=1)
+    with torch.no_grad():  # a real activation: offsets and spreads that differ per clip and channel
+        x = stem(LogMel(STUDENT_MEL).eval()(real_clips(6))) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(x)
+    results = []
+    for train in (True, False):  # train mode takes the two-pass path, eval mode torch's kernel
+        rn = ResidualNorm(lam=0.3).train(train)
+        inputs = x.clone().requires_grad_()
+        out = rn(inputs)
+        out.backward(grad_out)
+        results.append((out.detach(), inputs.grad, rn.lam.grad))
+    (out_a, dx_a, dlam_a), (out_b, dx_b, dlam_b) = results
+    torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx_a, dx_b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dlam_a, dlam_b, atol=1e-3, rtol=1e-5)  # a sum over every value: relative 1e-5
+    assert out_a.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
 FAULTS = """
 import json, resource, torch
 from asc_dist.infra.allocator import tune_allocator
