@@ -231,6 +231,9 @@ def fresh_process(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+OUTSIDE_PARTS = ("setup_s", "val_s", "report_s", "score_s", "finish_s")  # asc_dist/teach/trial.py finish_teacher
+
+
 def trial_overhead(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:
     """(d): the demo roster through `python -m asc_dist.teachers` in a fresh process; per trial the share of its
     wall time outside training epochs, the command's start-up and finish, and the start-up's pieces."""
@@ -245,7 +248,7 @@ def trial_overhead(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:
     rows = json.loads((run / "teachers.json").read_text())["teachers"].values()
     trials = [{"teacher": r["teacher"], "wall_s": round(r["wall_s"], 2), "train_s": round(r["train_s"], 2),
                "outside_training_s": round(r["wall_s"] - r["train_s"], 2), "outside_share": round(1 - r["train_s"] / r["wall_s"], 3),
-               "epochs": r["epochs_trained"]} for r in rows]
+               "outside_parts_s": {k: round(r[k], 2) for k in OUTSIDE_PARTS}, "epochs": r["epochs_trained"]} for r in rows]
     first_start = min(r["started_at"] for r in rows)
     last_end = max(r["started_at"] + r["wall_s"] for r in rows)
     return {"roster": str(Path(a.roster).relative_to(REPO)) if Path(a.roster).is_relative_to(REPO) else a.roster,

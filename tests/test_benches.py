@@ -46,6 +46,9 @@ def test_bench_teachers_throughput(synth_root):
     assert [t["teacher"] for t in fixed["trials"]] == ["cpr-10s", "cpr-1s"]
     for t in fixed["trials"]:
         assert 0 < t["train_s"] < t["wall_s"] and 0 < t["outside_share"] < 1 and t["epochs"] == 1
+        parts = t["outside_parts_s"]  # every part of the overhead was timed, and together they are the overhead
+        assert all(parts[k] > 0 for k in ("val_s", "report_s", "score_s", "finish_s")) and parts["setup_s"] >= 0
+        assert abs(sum(parts.values()) - t["outside_training_s"]) <= 0.05
     assert positive(fixed["command_wall_s"], fixed["startup_to_first_trial_s"], *fixed["startup_parts_s"].values())
     assert fixed["startup_to_first_trial_s"] + max(t["wall_s"] for t in fixed["trials"]) <= fixed["command_wall_s"]
     for window in ("4s", "10s"):  # the context teacher's step, part by part, on windows of that many seconds

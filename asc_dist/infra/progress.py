@@ -27,6 +27,8 @@ class EpochProgress(tune.Callback):
         epoch, epochs = int(result["epoch"]), int(result.get("epochs", result["epoch"]))
         eta = result.get("epoch_s", 0.0) * (epochs - epoch)
         val = f" val_acc {result['val_acc']:.3f}" if "val_acc" in result else ""
+        if not val and result.get("val_every", 1) > 1:
+            val = f" (validating every {int(result['val_every'])} epochs)"
         node = f" | on {result['node_ip']}" if result.get("node_ip") else ""
         log.info(
             "[%s] epoch %d/%d loss %.3f acc %.3f%s | %.0f clips/s | ETA %.0f s%s",

@@ -63,6 +63,11 @@ class TeachersConfig:
     progress_s: float = 30.0  # a progress line inside each epoch at least this often
     amp: str = "bf16"  # bf16 autocast of each model's forward on a GPU, or "off" (fp32)
     folds: int = 0  # K > 1: out-of-fold targets, K trials per teacher (asc_dist/teach/folds.py)
+    val_every: int = 0  # per-epoch validation every N epochs and after the last; 0: auto (within 15 % of training time)
+
+    def __post_init__(self) -> None:
+        if self.val_every < 0:
+            raise ConfigError(f"--val-every must be >= 0 (0 = auto), got {self.val_every}")
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -166,6 +171,7 @@ def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Pa
             dirs=str(Path(cfg.data.dirs).resolve()) if cfg.data.dirs else None,
             device="cuda" if cfg.gpus_per_teacher > 0 else "cpu", threads=max(1, int(cfg.cpus_per_teacher)),
             fail_once=cfg.fail_once, cpus_per_worker=cfg.cpus_per_teacher, progress_s=cfg.progress_s, amp=cfg.amp,
+            val_every=cfg.val_every,
         )
         from asc_dist.teach.trial import teacher_checkpoint
 
@@ -265,7 +271,7 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
     keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
-            "train_s", "started_at", "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
+            "train_s", "val_s", "report_s", "score_s", "finish_s", "setup_s", "started_at", "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}
@@ -307,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="retries per trial")
     p.add_argument("--progress-s", type=float, default=d.progress_s, help="a progress line (clips/s, ETAs) inside each epoch at least this often")
     p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
+    p.add_argument("--val-every", type=int, default=d.val_every,
+                   help="validate every N epochs and after the last; 0 (default): as often as keeps validation within 15 %% of "
+                        "training time (the trained teacher and its logits are the same either way)")
     p.add_argument("--folds", type=int, default=d.folds,
                    help="K >= 2: out-of-fold targets: each teacher trained K times without one fold of whole locations; a training "
                         "clip's logits come from the fold model that never saw it, val/test logits are the mean over folds")
@@ -328,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_teacher=args.cpus_per_teacher, gpus_per_teacher=args.gpus_per_teacher,
         workers_per_teacher=args.workers_per_teacher, address=args.address, experiment=args.experiment,
         mlflow_uri=args.mlflow_uri, max_failures=args.max_failures, force=args.force, fail_once=args.fail_once,
-        progress_s=args.progress_s, amp=args.amp, folds=args.folds,
+        progress_s=args.progress_s, amp=args.amp, folds=args.folds, val_every=args.val_every,
     )
     run_teachers(cfg)
     return 0

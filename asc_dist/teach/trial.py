@@ -52,6 +52,7 @@ class TeacherRunContext:
     cpus_per_worker: float = 1.0  # data-parallel workers (--workers-per-teacher > 1)
     progress_s: float = 30.0  # a progress line inside an epoch at least this often
     amp: str = "bf16"  # bf16 autocast of the model's forward on CUDA, or "off" (asc_dist.training.trainer.autocast)
+    val_every: int = 0  # validate every N epochs and after the last; 0: auto (asc_dist.training.trainer.OptimConfig)
 
 
 def augment_config(t: TeacherConfig, sample_rate: int) -> AugmentConfig:
@@ -116,12 +117,14 @@ def teacher_trainer(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformSto
     wave_aug, spec_aug = build_augmentations(aug, bank, store.sample_rate)
     if wrap is not None:  # NHWC (how the Trainer trains) before DDP lays out its gradient buckets
         model = wrap(model.to(memory_format=torch.channels_last))
+    # data-parallel ranks never pace validation by their own timings: DDP's forward broadcasts buffers even in
+    # eval, a collective that every rank must join on the same epochs
     trainer = Trainer(
         model, front, train, val,
         # every rank starts from the same weights (seeded above; DDP also broadcasts rank 0's) but draws its own
         # augmentations and batch order: seed + rank
         OptimConfig(epochs=t.epochs, lr=t.lr, batch_size=t.batch_size, weight_decay=t.weight_decay, seed=t.seed + (shard[0] if shard else 0),
-                    amp=ctx.amp),
+                    amp=ctx.amp, val_every=ctx.val_every if shard is None else (ctx.val_every or 1)),
         wave_aug=wave_aug, spec_aug=spec_aug, device="auto" if ctx.device == "cuda" else "cpu", name=t.name,
     )
     trainer.pace = Pace(every_s=ctx.progress_s, remedy=(
@@ -151,7 +154,9 @@ def save_teacher_weights(t: TeacherConfig, ctx: TeacherRunContext, store: Wavefo
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
     k = teacher_context_parts(t, store)
+    begun = time.perf_counter()
     logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k, amp=ctx.amp)
+    score_s = time.perf_counter() - begun
     reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
     flat = log_reports(mlrun, reports, t.name)
     is_train = rows.split == "train"
@@ -167,11 +172,16 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
               "val_carve": [ctx.val_fraction, ctx.val_seed]}
     write_teacher_logits(ctx.run_dir, t.name, rows.filename, rows.split, rows.device, rows.label, logits, store.classes, config, ctx.fingerprint)
     save_teacher_weights(t, ctx, store, model)
-    wall = time.perf_counter() - start
-    train_s = sum(h.get("epoch_s", 0.0) for h in history)  # the epochs' training steps; wall_s - train_s is the trial's overhead
-    mlrun.log_metrics({"wall_s": wall, "train_s": train_s})
+    ended = time.perf_counter()
+    wall = ended - start
+    # where the trial's time went: the epochs' training steps (wall_s - train_s is the trial's overhead), then
+    # the overhead's parts; setup_s (store, model, MLflow run) is what the others leave, epoch reports include checkpoints
+    parts = {"train_s": sum(h.get("epoch_s", 0.0) for h in history), "val_s": sum(h.get("val_s", 0.0) for h in history),
+             "report_s": sum(h.get("report_s", 0.0) for h in history), "score_s": score_s, "finish_s": ended - begun - score_s}
+    parts["setup_s"] = max(0.0, wall - sum(parts.values()))
+    mlrun.log_metrics({"wall_s": wall, **parts})
     return {
-        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "node_ip": ip, "wall_s": wall, "train_s": train_s,
+        "teacher": t.name, "family": t.family, "params": params, "node_id": node, "node_ip": ip, "wall_s": wall, **parts,
         "started_at": time.time() - wall,  # Unix time the trial began (after its worker's imports)
         "context_s": t.context_s, "init": f"weights {Path(t.weights).name}" if t.weights else "scratch",
         "train_acc": train_acc, "val_acc": flat.get("val_accuracy"), "test_acc": flat.get("test_accuracy"),
@@ -195,10 +205,12 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
         trainer.pace.on_report = mlrun.log_metrics
 
         def on_epoch(result) -> None:
+            begun = time.perf_counter()
             mlrun.log_metrics(result.metrics, step=result.epoch)
             if report is not None:
                 report({**result.metrics, "epoch": result.epoch, "epochs": result.epochs, "teacher": t.name},
                        {"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id})
+            result.metrics["report_s"] = time.perf_counter() - begun  # the history's own dict: counted in the summary
             _fail_once_if_asked(t, ctx, result.epoch)
 
         trainer.fit(on_epoch)

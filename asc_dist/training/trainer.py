@@ -49,9 +49,14 @@ class OptimConfig:
     seed: int = 0
     amp: str = "bf16"  # the model's forward on CUDA: bf16 autocast, or "off" (fp32); CPU is always fp32
     channels_last: bool = True  # 4-D weights and log-mel inputs in NHWC order while training (same results up to rounding)
+    # validate after every val_every-th epoch and after the last; 0: auto, the interval that keeps validation within
+    # VAL_BUDGET of the epochs' training time, from the last validation's cost (what is trained is the same either way)
+    val_every: int = 1
 
     def __post_init__(self) -> None:
         check_amp(self.amp)
+        if self.val_every < 0:
+            raise ConfigError(f"val_every must be >= 0 (0 = auto), got {self.val_every}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +117,7 @@ def observers_frozen(model: nn.Module):
 
 
 VAL_FEATURE_CACHE_BYTES = 512 * 2**20  # validation log-mels kept across epochs up to this size (else recomputed)
+VAL_BUDGET = 0.15  # val_every=0: validation at most this share of training time (a small set's val can rival its epoch)
 
 
 @torch.no_grad()
@@ -197,6 +203,8 @@ class Trainer:
         self.pace = Pace()  # in-epoch progress lines and the first-batches time estimate
         self._val_features: list[torch.Tensor] | None = None  # clean val log-mels, computed once (eval front end is fixed)
         self._val_cacheable = True
+        self._last_val_epoch: int | None = None  # this process's last validated epoch (a resumed trainer validates first)
+        self._val_interval = max(1, optim.val_every)
 
     def state_dict(self) -> dict:
         return {
@@ -306,6 +314,20 @@ class Trainer:
             self._val_features = features
         return self._val_features
 
+    def _val_due(self) -> bool:
+        epoch = self.epoch + 1
+        return self._last_val_epoch is None or epoch >= self.cfg.epochs or epoch - self._last_val_epoch >= self._val_interval
+
+    def _pace_validation(self, val_s: float, epoch_s: float) -> None:
+        self._last_val_epoch = self.epoch + 1
+        if self.cfg.val_every != 0:
+            return
+        interval = max(1, math.ceil(val_s / max(VAL_BUDGET * epoch_s, 1e-9)))
+        if interval > 1 and self._val_interval == 1:
+            log.info("[%s] validation takes %.2f s against %.2f s of training an epoch: validating every %d epoch(s) and after "
+                     "the last (val_every=1: every epoch)", self.name, val_s, epoch_s, interval)
+        self._val_interval = interval
+
     def fit(self, on_epoch: Callable[[EpochResult], None] | None = None) -> list[dict[str, float]]:
         if self.epoch == 0:  # a resumed trainer keeps the RNG state restored by load_state_dict
             torch.manual_seed(self.cfg.seed)
@@ -313,7 +335,13 @@ class Trainer:
         first = self.epoch
         while self.epoch < self.cfg.epochs:
             metrics = self.train_epoch()
-            metrics.update(self.validate())
+            if self._val_due():
+                begun = time.perf_counter()
+                metrics.update(self.validate())
+                metrics["val_s"] = time.perf_counter() - begun
+                self._pace_validation(metrics["val_s"], metrics["epoch_s"])
+            if self.cfg.val_every != 1:
+                metrics["val_every"] = self._val_interval  # progress lines say why an epoch shows no val_acc
             self.epoch += 1
             self.history.append(metrics)
             done = self.epoch - first
