@@ -21,8 +21,9 @@ windows part by part (`ops/step_profile.py`), with `--baseline-src OLD_CHECKOUT`
 
 (d) Fixed costs (`--trial-overhead`): the demo roster (`asc_dist/teach/rosters/demo.yaml`) through the real
 command, `python -m asc_dist.teachers`, in a fresh process: each trial's wall time against its training epochs
-(`train_s`, the steps of every epoch; the rest is model build, validation, scoring every clip, reports, logits,
-checkpoints and MLflow), the command's start-up (process start to the first trial's start) and finish, and the
+(`train_s`, the steps of every epoch) and the rest by part (`outside_parts_s`: setup = store, model, optimiser and
+MLflow run, mostly first imports in a fresh worker; validation; epoch reports with checkpoints; scoring every clip;
+reports, logits and weights), the command's start-up (process start to the first trial's start) and finish, and the
 start-up's pieces, each timed alone in a fresh process: imports, Ray start, the MLflow store (new and existing).
 
     OMP_NUM_THREADS=1 python ops/bench_teachers.py [--family cpresnet] [--size tiny] [--epochs 8] [--quick]
