@@ -73,6 +73,10 @@ def test_failed_trial_resumes_from_checkpoint(trained):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one MLflow run, reopened after the restart
     epochs = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")]
     assert sorted(epochs) == [1, 2]
+    # the trial's time parts count this attempt's epoch only, as its wall_s counts this attempt only
+    epoch_s = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "epoch_s")}
+    manifest = json.loads((run / "teachers.json").read_text())["teachers"]["cnn6"]
+    assert manifest["train_s"] == pytest.approx(epoch_s[2], rel=1e-6) and manifest["train_s"] < manifest["wall_s"]
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"confusion_matrix.png", "per_device_accuracy.png", "test_report.json"} <= artifacts
 

@@ -151,8 +151,10 @@ def save_teacher_weights(t: TeacherConfig, ctx: TeacherRunContext, store: Wavefo
     return path
 
 
-def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float) -> dict:
-    """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file."""
+def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float,
+                   resumed_epochs: int = 0) -> dict:
+    """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file. The time parts
+    count this attempt's epochs only (`history[resumed_epochs:]`), as `wall_s` counts this attempt only."""
     k = teacher_context_parts(t, store)
     begun = time.perf_counter()
     logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k, amp=ctx.amp)
@@ -176,8 +178,9 @@ def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStor
     wall = ended - start
     # where the trial's time went: the epochs' training steps (wall_s - train_s is the trial's overhead), then
     # the overhead's parts; setup_s (store, model, MLflow run) is what the others leave, epoch reports include checkpoints
-    parts = {"train_s": sum(h.get("epoch_s", 0.0) for h in history), "val_s": sum(h.get("val_s", 0.0) for h in history),
-             "report_s": sum(h.get("report_s", 0.0) for h in history), "score_s": score_s, "finish_s": ended - begun - score_s}
+    now = history[resumed_epochs:]
+    parts = {"train_s": sum(h.get("epoch_s", 0.0) for h in now), "val_s": sum(h.get("val_s", 0.0) for h in now),
+             "report_s": sum(h.get("report_s", 0.0) for h in now), "score_s": score_s, "finish_s": ended - begun - score_s}
     parts["setup_s"] = max(0.0, wall - sum(parts.values()))
     mlrun.log_metrics({"wall_s": wall, **parts})
     return {
@@ -214,7 +217,8 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
             _fail_once_if_asked(t, ctx, result.epoch)
 
         trainer.fit(on_epoch)
-        return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start)
+        return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start,
+                              resumed_epochs=len(resume["trainer"]["history"]) if resume else 0)
 
 
 def teacher_checkpoint(t: TeacherConfig, ctx: TeacherRunContext) -> TrialCheckpoint:
