@@ -59,6 +59,7 @@ from asc_dist.data.prepare import DataConfig, prepare_store  # noqa: E402
 from asc_dist.data.store import SplitData, WaveformStore  # noqa: E402
 from asc_dist.nets.features import FRONT_ENDS, LogMel  # noqa: E402
 from asc_dist.teach.driver import TeachersConfig, run_teachers  # noqa: E402
+from asc_dist.teach.trial import TIME_PARTS  # noqa: E402
 from asc_dist.training.trainer import OptimConfig, Trainer  # noqa: E402
 from teachers.families import build_teacher  # noqa: E402
 
@@ -232,7 +233,7 @@ def fresh_process(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-OUTSIDE_PARTS = ("setup_s", "val_s", "report_s", "score_s", "finish_s")  # asc_dist/teach/trial.py finish_teacher
+OUTSIDE_PARTS = tuple(k for k in TIME_PARTS if k != "train_s")  # a trial's time outside its training epochs
 
 
 def trial_overhead(tmp: Path, data: DataConfig, a: argparse.Namespace) -> dict:

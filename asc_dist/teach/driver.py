@@ -30,8 +30,8 @@ from asc_dist.run.logits import read_teacher_meta, teacher_logits_path
 from asc_dist.run.writable import require_writable
 from asc_dist.teach.folds import combine_folds, fold_trials, with_folds
 from asc_dist.teach.roster import TeacherConfig, load_roster, take
-from asc_dist.teach.trial import TeacherRunContext
-from asc_dist.training.trainer import AMP_MODES, check_amp
+from asc_dist.teach.trial import TIME_PARTS, TeacherRunContext
+from asc_dist.training.trainer import AMP_MODES, VAL_BUDGET, check_amp
 
 log = logging.getLogger("asc_dist.teachers")
 CHECKPOINT_ALLOWANCE = 32 * 2**20  # a small teacher's epoch checkpoint and MLflow artifacts (PaSST's are larger)
@@ -63,11 +63,7 @@ class TeachersConfig:
     progress_s: float = 30.0  # a progress line inside each epoch at least this often
     amp: str = "bf16"  # bf16 autocast of each model's forward on a GPU, or "off" (fp32)
     folds: int = 0  # K > 1: out-of-fold targets, K trials per teacher (asc_dist/teach/folds.py)
-    val_every: int = 0  # per-epoch validation every N epochs and after the last; 0: auto (within 15 % of training time)
-
-    def __post_init__(self) -> None:
-        if self.val_every < 0:
-            raise ConfigError(f"--val-every must be >= 0 (0 = auto), got {self.val_every}")
+    val_every: int = 0  # per-epoch validation every N epochs and after the last; 0: auto (OptimConfig.val_every)
 
 
 def validate_teachers(teachers: list[TeacherConfig], dirs: str | None) -> list[TeacherConfig]:
@@ -138,6 +134,8 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
         raise ConfigError(f"--workers-per-teacher must be >= 1, got {cfg.workers_per_teacher}")
     if cfg.folds == 1 or cfg.folds < 0:
         raise ConfigError(f"--folds must be 0 (off) or at least 2, got {cfg.folds}")
+    if cfg.val_every < 0:
+        raise ConfigError(f"--val-every must be >= 0 (0 = auto), got {cfg.val_every}")
     if cfg.folds:
         roster = with_folds(roster, cfg.folds)
     check_amp(cfg.amp)
@@ -271,7 +269,7 @@ def _manifest(run_dir: Path, roster: list[TeacherConfig], results: dict[str, dic
     old = json.loads(path.read_text()) if path.is_file() else {}
     entries = old.get("teachers", {})
     keys = ("teacher", "family", "params", "context_s", "init", "train_acc", "val_acc", "test_acc", "unseen_acc", "wall_s",
-            "train_s", "val_s", "report_s", "score_s", "finish_s", "setup_s", "started_at", "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
+            *TIME_PARTS, "started_at", "clips_per_s", "node_id", "node_ip", "epochs_trained", "folds")
     for t in roster:
         if t.name in results:
             entries[t.name] = {"config": t.to_dict(), **{k: results[t.name].get(k) for k in keys}}
@@ -314,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-s", type=float, default=d.progress_s, help="a progress line (clips/s, ETAs) inside each epoch at least this often")
     p.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="on a GPU: bf16 autocast of the model's forward, or off (fp32)")
     p.add_argument("--val-every", type=int, default=d.val_every,
-                   help="validate every N epochs and after the last; 0 (default): as often as keeps validation within 15 %% of "
-                        "training time (the trained teacher and its logits are the same either way)")
+                   help=f"validate every N epochs and after the last; 0 (default): as often as keeps validation within "
+                        f"{VAL_BUDGET * 100:.0f} %% of training time (the trained teacher and its logits are the same either way)")
     p.add_argument("--folds", type=int, default=d.folds,
                    help="K >= 2: out-of-fold targets: each teacher trained K times without one fold of whole locations; a training "
                         "clip's logits come from the fold model that never saw it, val/test logits are the mean over folds")

@@ -151,6 +151,10 @@ def save_teacher_weights(t: TeacherConfig, ctx: TeacherRunContext, store: Wavefo
     return path
 
 
+# where a trial's time went (summary, teachers.json, MLflow): its epochs' training steps, then the rest by part
+TIME_PARTS = ("train_s", "val_s", "report_s", "score_s", "finish_s", "setup_s")
+
+
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float,
                    resumed_epochs: int = 0) -> dict:
     """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file. The time parts
@@ -216,9 +220,10 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
             result.metrics["report_s"] = time.perf_counter() - begun  # the history's own dict: counted in the summary
             _fail_once_if_asked(t, ctx, result.epoch)
 
+        resumed_epochs = trainer.epoch
         trainer.fit(on_epoch)
         return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start,
-                              resumed_epochs=len(resume["trainer"]["history"]) if resume else 0)
+                              resumed_epochs=resumed_epochs)
 
 
 def teacher_checkpoint(t: TeacherConfig, ctx: TeacherRunContext) -> TrialCheckpoint:
