@@ -120,10 +120,11 @@ def student_trainer(cfg: StudentConfig, store: WaveformStore, model: torch.nn.Mo
     return trainer
 
 
-def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device) -> dict:
-    """Reports on val and test; devices of the training split count as seen."""
+def evaluate_all(model, front, store: WaveformStore, cfg: StudentConfig, device, val_logits=None) -> dict:
+    """Reports on val and test (`val_logits`: the last validation's, reused); devices of the training split count as seen."""
     d = cfg.data
-    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp)
+    logits, rows = score_splits(model, front, store, ("val", "test"), d.val_fraction, d.val_seed, device, amp=cfg.amp,
+                                known={"val": val_logits})
     seen = sorted(set(store.split("train", d.val_fraction, d.val_seed).table.device.tolist()))
     return split_reports(logits, rows.label, rows.device, rows.split, store.classes, seen=seen)
 

@@ -63,7 +63,9 @@ def train_student(cfg: StudentConfig, report=None, resume: dict | None = None, s
                        {"trainer": trainer.state_dict(), "mlflow_run_id": mlrun.run_id})
 
         trainer.fit(on_epoch)
-        reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device)
+        # a device copy validates on its own device's clips only: its val logits are not the val split's
+        val_logits = trainer.final_val_logits() if cfg.train_device is None else None
+        reports = evaluate_all(trainer.model, trainer.front_end, store, cfg, trainer.device, val_logits)
         flat = log_reports(mlrun, reports, cfg.run_name)
         mlrun.log_metrics({"params": cx.params, "macs": cx.macs, "param_kb": cx.int8_bytes / 1000})
         out = cfg.out_dir

@@ -156,12 +156,14 @@ TIME_PARTS = ("train_s", "val_s", "report_s", "score_s", "finish_s", "setup_s")
 
 
 def finish_teacher(t: TeacherConfig, ctx: TeacherRunContext, store: WaveformStore, model, front, device, mlrun, history: list[dict], start: float,
-                   resumed_epochs: int = 0) -> dict:
-    """Score every clip (clean audio, eval mode), log reports and pictures, write the logits file. The time parts
-    count this attempt's epochs only (`history[resumed_epochs:]`), as `wall_s` counts this attempt only."""
+                   resumed_epochs: int = 0, val_logits=None) -> dict:
+    """Score every clip (clean audio, eval mode; `val_logits`: the last validation's, reused), log reports and
+    pictures, write the logits file. The time parts count this attempt's epochs only (`history[resumed_epochs:]`),
+    as `wall_s` counts this attempt only."""
     k = teacher_context_parts(t, store)
     begun = time.perf_counter()
-    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k, amp=ctx.amp)
+    logits, rows = score_splits(model, front, store, ("train", "val", "test"), ctx.val_fraction, ctx.val_seed, device, k, amp=ctx.amp,
+                                known={"val": val_logits})
     score_s = time.perf_counter() - begun
     reports = split_reports(logits, rows.label, rows.device, rows.split, store.classes)
     flat = log_reports(mlrun, reports, t.name)
@@ -223,7 +225,7 @@ def train_teacher(t: TeacherConfig, ctx: TeacherRunContext, report=None, resume:
         resumed_epochs = trainer.epoch
         trainer.fit(on_epoch)
         return finish_teacher(t, ctx, store, trainer.model, trainer.front_end, trainer.device, mlrun, trainer.history, start,
-                              resumed_epochs=resumed_epochs)
+                              resumed_epochs=resumed_epochs, val_logits=trainer.final_val_logits())
 
 
 def teacher_checkpoint(t: TeacherConfig, ctx: TeacherRunContext) -> TrialCheckpoint:

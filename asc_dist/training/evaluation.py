@@ -16,22 +16,30 @@ from asc_dist.training.trainer import predict
 
 
 def score_splits(
-    model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device, context_k: int = 1, amp: str = "bf16"
+    model, front, store, splits: tuple[str, ...], val_fraction: float, val_seed: int, device, context_k: int = 1, amp: str = "bf16",
+    known: dict[str, np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, ClipTable]:
     """Logits (float32) of every clip of `splits` (those present), clean audio in eval mode, and their table rows;
     on CUDA the model runs under bf16 autocast unless `amp` is "off" (`asc_dist.training.trainer.autocast`).
 
     `context_k` > 1: each clip is scored through its context window (`asc_dist.training.context`), each distinct
-    window once, and the window's logits are stored for every clip it scores."""
+    window once, and the window's logits are stored for every clip it scores. `known`: a split's logits (per
+    clip, or per context window) already computed by this model on clean audio in eval mode
+    (`Trainer.final_val_logits`), used instead of scoring the split again."""
     table = store.table(val_fraction, val_seed)
     present = [s for s in splits if (table.split == s).any()]
 
     def split_logits(name: str) -> np.ndarray:
         data = store.split(name, val_fraction, val_seed)
+        windows = ContextSplit(data, context_k) if context_k > 1 else data
+        reuse = (known or {}).get(name)
+        if reuse is not None and len(reuse) != len(windows):
+            raise ValueError(f"known {name} logits have {len(reuse)} rows for {len(windows)} {'windows' if context_k > 1 else 'clips'}")
         if context_k <= 1:
-            return predict(model, front, data, device=device, amp=amp)
-        windows = ContextSplit(data, context_k)
-        return predict(model, front, windows, batch_size=max(4, 128 // context_k), device=device, amp=amp)[windows.index.clip_window]
+            return reuse if reuse is not None else predict(model, front, data, device=device, amp=amp)
+        if reuse is None:
+            reuse = predict(model, front, windows, batch_size=max(4, 128 // context_k), device=device, amp=amp)
+        return reuse[windows.index.clip_window]
 
     logits = np.concatenate([split_logits(s) for s in present])
     return logits, table.take(np.concatenate([np.flatnonzero(table.split == s) for s in present]))

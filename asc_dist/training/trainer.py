@@ -205,6 +205,7 @@ class Trainer:
         self._val_cacheable = True
         self._last_val_epoch: int | None = None  # this process's last validated epoch (a resumed trainer validates first)
         self._val_interval = max(1, optim.val_every)
+        self._val_logits: tuple[int, np.ndarray] | None = None  # (epoch, logits) of this process's last validation
 
     def state_dict(self) -> dict:
         return {
@@ -290,12 +291,22 @@ class Trainer:
             logits = torch.from_numpy(predict_features(self.model, features, self.device, self.cfg.amp))
         else:
             logits = torch.from_numpy(predict(self.model, self.front_end, self.val_data, device=self.device, amp=self.cfg.amp))
+        self._val_logits = (self.epoch + 1, logits.numpy())
         labels = torch.from_numpy(self.val_data.table.label)
         correct = (logits.argmax(1) == labels).numpy()
         devices = self.val_data.table.device
         metrics = {"val_loss": float(F.cross_entropy(logits, labels)), "val_acc": float(correct.mean())}
         metrics.update({f"val_acc_device_{d}": float(correct[devices == d].mean()) for d in sorted(set(devices.tolist()))})
         return metrics
+
+    def final_val_logits(self) -> np.ndarray | None:
+        """The val data's logits (per clip, or per context window) from the validation after the last epoch
+        trained: the final model on clean audio in eval mode, as scoring computes them, so scoring reuses them
+        (`asc_dist.training.evaluation.score_splits`, `known`); None if the last validation was before that epoch
+        or in an earlier process."""
+        if self._val_logits is not None and self._val_logits[0] == self.epoch:
+            return self._val_logits[1]
+        return None
 
     @torch.no_grad()
     def _cached_val_features(self) -> list[torch.Tensor] | None:
