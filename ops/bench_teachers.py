@@ -108,7 +108,8 @@ def trial_summary(row: dict, train_clips: int) -> dict:
     epoch, scoring every clip, reports, logits and MLflow."""
     train_s = row.get("train_s") or row["epochs_trained"] * train_clips / row["clips_per_s"]
     return {"teacher": row["teacher"], "wall_s": round(row["wall_s"], 2), "train_s": round(train_s, 2),
-            "outside_training_s": round(row["wall_s"] - train_s, 2), "clips_per_s": round(row["clips_per_s"], 1)}
+            "outside_training_s": round(row["wall_s"] - train_s, 2), "clips_per_s": round(row["clips_per_s"], 1),
+            "outside_parts_s": {k: round(row[k], 2) for k in OUTSIDE_PARTS if row.get(k) is not None}}
 
 
 def concurrency(tmp: Path, data: DataConfig, store: WaveformStore, a: argparse.Namespace) -> dict:
