@@ -206,18 +206,39 @@ def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int
     }
 
 
+class InstanceNormIsland(nn.Module):
+    """The float island as it shipped until commit 9701054 (`F.instance_norm` on the dequantised tensor): the
+    baseline beside the shipped two-pass island, whose int8 output is the same."""
+
+    def __init__(self, lam: float, eps: float, scale: float, zero_point: int):
+        super().__init__()
+        self.lam, self.eps, self.scale, self.zero_point = lam, eps, scale, zero_point
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False):
+        return cls(float(mod.lam.detach().clamp(0.0, 1.0)), mod.eps, float(mod.mix.scale), int(mod.mix.zero_point))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.dequantize()
+        y = self.lam * y + (1.0 - self.lam) * torch.nn.functional.instance_norm(y, eps=self.eps)
+        return torch.quantize_per_tensor(y, self.scale, self.zero_point, x.dtype)
+
+
 def rn_cost(fp32: nn.Module, shipped: nn.Module, preset: str, n_classes: int, calib: torch.Tensor, a: argparse.Namespace) -> dict:
-    """Residual Normalization in int8 three ways, traced, in alternating rounds: the shipped float island
-    (dequantise, instance norm, requantise), the all-int8 form (statistics from the int8 values, one int8
-    per-channel affine kernel) and BN at the stage entries (folds into an int8 kernel: the floor)."""
+    """Residual Normalization in int8 four ways, traced, in alternating rounds: the shipped float island
+    (dequantise, two-pass instance norm in the tensor's own order, requantise), the island before it
+    (`InstanceNormIsland`), the all-int8 form (statistics from the int8 values, one int8 per-channel affine kernel)
+    and BN at the stage entries (folds into an int8 kernel: the floor)."""
     from students.dsflexinet import QuantizedResidualNorm, ResidualNorm
     from students.presets import build_student
 
     torch.manual_seed(0)
     x = calib[:1]
     island, int8_rn = shipped, calibrated_int8(fp32, calib, overrides={ResidualNorm: QuantizedResidualNorm})
+    before = calibrated_int8(fp32, calib, overrides={ResidualNorm: InstanceNormIsland})
     int8_bn = calibrated_int8(build_student("dsflexinet", preset, n_classes=n_classes, norm="bn").eval(), calib)
-    variants = {k: traced(m, x) for k, m in {"int8_rn": int8_rn, "float_island_rn": island, "bn": int8_bn}.items()}
+    variants = {k: traced(m, x) for k, m in {"int8_rn": int8_rn, "float_island_rn": island, "bn": int8_bn,
+                                              "float_island_before": before}.items()}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(a.latency_rounds):
         for k, m in variants.items():
@@ -227,6 +248,8 @@ def rn_cost(fp32: nn.Module, shipped: nn.Module, preset: str, n_classes: int, ca
         agree = float((int8_rn(calib).argmax(1) == island(calib).argmax(1)).float().mean())
     return {"int8_rn_cpu_ms": round(ms["int8_rn"], 3), "float_island_rn_cpu_ms": round(ms["float_island_rn"], 3),
             "bn_instead_cpu_ms": round(ms["bn"], 3), "int8_rn_vs_float_island": round(ms["int8_rn"] / ms["float_island_rn"], 3),
+            "float_island_before_cpu_ms": round(ms["float_island_before"], 3),
+            "same_int8_logits_as_before": bool(torch.equal(island(calib), before(calib))),
             "argmax_agreement_with_float_island": round(agree, 3)}
 
 

@@ -165,6 +165,28 @@ def test_int8_residual_norm_matches_float_within_one_step(lam: float, batch: int
     assert (out.dequantize() - expected).abs().max() <= scale * 0.51 + 1e-4
 
 
+@pytest.mark.parametrize("lam,batch,channels_last", [(0.3, 1, True), (0.3, 3, False), (0.0, 2, True), (1.0, 1, True)])
+def test_float_island_is_the_float_rn_of_its_int8_input(lam: float, batch: int, channels_last: bool) -> None:
+    """The shipped island (two plain passes in the tensor's own memory order) gives RN of eq. (1)-(2) as torch's
+    instance norm computes it, requantised: the same int8 steps but for float rounding at a step's edge."""
+    import torch.nn.functional as F
+
+    from students.dsflexinet import FloatIslandResidualNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 8, 16, 8) * torch.linspace(0.5, 3, 8).view(1, 8, 1, 1) + torch.linspace(-1, 1, 8).view(1, 8, 1, 1)
+    if channels_last:  # how a quantised convolution hands it over
+        x = x.contiguous(memory_format=torch.channels_last)
+    qx = torch.quantize_per_tensor(x, 0.03, 120, torch.quint8)
+    y = qx.dequantize()
+    expected = lam * y + (1 - lam) * F.instance_norm(y, eps=1e-5)
+    scale = float(expected.abs().max()) / 120
+    out = FloatIslandResidualNorm(lam, 1e-5, scale, 128)(qx)
+    reference = torch.quantize_per_tensor(expected, scale, 128, torch.quint8)
+    steps = (out.int_repr().int() - reference.int_repr().int()).abs()
+    assert out.is_quantized and int(steps.max()) <= 1 and float((steps > 0).float().mean()) < 0.01
+
+
 def test_converted_dsflexinet_rn_float_island_or_all_int8() -> None:
     """The shipped conversion keeps RN a float island (measured faster at batch 1); the all-int8 form, when
     chosen, leaves one dequantise in the traced model: the logits'."""
