@@ -24,6 +24,7 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from asc_dist.errors import ConfigError
+from asc_dist.nets.fake_quant import qat_qconfig
 from asc_dist.run.atomic import atomic_path
 
 QCONFIG_BACKEND = "fbgemm"  # the paper's "fbgemm observer"; identical to torch's "x86" QAT qconfig
@@ -69,7 +70,7 @@ def prepare_qat(model: nn.Module) -> nn.Module:
     qat = copy.deepcopy(model).train()
     with _quiet_ao():
         qat.fuse_model()
-        qat.qconfig = tq.get_default_qat_qconfig(QCONFIG_BACKEND)
+        qat.qconfig = qat_qconfig(QCONFIG_BACKEND)  # torch's, with the fast activation fake-quantiser
         tq.prepare_qat(qat, inplace=True)
     return qat
 
