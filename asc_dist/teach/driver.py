@@ -149,15 +149,8 @@ def run_teachers(cfg: TeachersConfig) -> list[dict]:
 
 
 def _train_missing(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path, uri: str) -> list[dict]:
-    # the store's check, MLflow's store (created once, before trials race to migrate it; runs a killed driver left
-    # RUNNING marked) and Ray's start are each seconds of mostly waiting: they overlap (_store_beside_ray)
-    with ThreadPoolExecutor(2) as pool:
-        return _train_with(cfg, roster, run_dir, uri, pool)
-
-
-def _train_with(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path, uri: str, pool: ThreadPoolExecutor) -> list[dict]:
     started = time.time()
-    store, tracking_ready = _store_beside_ray(cfg, roster, run_dir, uri, pool)
+    store = prepare_store(cfg.data, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     carve = (cfg.data.val_fraction, cfg.data.val_seed)
     todo = [t for t in roster if cfg.force or not is_done(run_dir, t, store.fingerprint, carve)]
@@ -189,10 +182,12 @@ def _train_with(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path,
             if cfg.force:
                 teacher_checkpoint(t, trial_ctx).clear()  # --force retrains from epoch 1
             teacher_checkpoint(t, trial_ctx).vet(f"teacher {t.name}")
-        if trials and tracking_ready is None:  # readied while Ray starts in _tune
-            tracking_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
-        with stop_trials_on_interrupt(uri, cfg.experiment, run_dir):
-            results, errors = _tune(trials, trial_ctx, cfg, trial_dir, tracking_ready) if trials else ({}, {})
+        # MLflow's store (created once, before trials race to migrate it; runs a killed driver left RUNNING marked)
+        # is readied in a thread while Ray starts: both are seconds of waiting on every call
+        with ThreadPoolExecutor(1) as pool:
+            store_ready = pool.submit(_ready_tracking, uri, cfg.experiment, run_dir)
+            with stop_trials_on_interrupt(uri, cfg.experiment, run_dir):
+                results, errors = _tune(trials, trial_ctx, cfg, trial_dir, store_ready) if trials else ({}, {})
         for t in trials:
             if t.name in results:
                 teacher_checkpoint(t, trial_ctx).clear()  # the logits file is what marks a teacher done
@@ -214,28 +209,13 @@ def _train_with(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path,
     return rows
 
 
-def _store_beside_ray(cfg: TeachersConfig, roster: list[TeacherConfig], run_dir: Path, uri: str, pool: ThreadPoolExecutor):
-    """The packed store, and the readied MLflow store's future (None if not started). When a teacher is sure to
-    train (one without a logits file, or `--force`) the store, then MLflow's (only once the data passed its
-    check: bad data leaves nothing in the run folder), are readied in `pool` while Ray starts in this thread
-    (its signal handlers need the main one); a run whose teachers may all be done checks the store alone."""
-    if not (cfg.force or any(not teacher_logits_path(run_dir, t.name).is_file() for t in roster)):
-        return prepare_store(cfg.data, run_dir), None
-    from asc_dist.infra.cluster import connect
-
-    store = pool.submit(prepare_store, cfg.data, run_dir)
-    tracking_ready = pool.submit(lambda: (store.result(), _ready_tracking(uri, cfg.experiment, run_dir)))
-    connect(cfg.address)
-    return store.result(), tracking_ready
-
-
 def _ready_tracking(uri: str, experiment: str, run_dir: Path) -> None:
     tracking.experiment_id(experiment, uri)
     tracking.close_abandoned(uri, experiment, run_dir)
 
 
-def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path, tracking_ready: Future) -> tuple[dict[str, dict], dict[str, str | None]]:
-    """Run the trials once `tracking_ready` (the MLflow store) is; returns the finished teachers' summaries and each
+def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig, run_dir: Path, store_ready: Future) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Run the trials once `store_ready` (the MLflow store) is; returns the finished teachers' summaries and each
     trial's error text (None if none)."""
     from ray import tune
 
@@ -270,7 +250,7 @@ def _tune(todo: list[TeacherConfig], ctx: TeacherRunContext, cfg: TeachersConfig
             verbose=0,
         ),
     )
-    tracking_ready.result()
+    store_ready.result()
     grid = tuner.fit()
     results, errors = {}, {}
     for result in grid:
