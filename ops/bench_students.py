@@ -61,6 +61,7 @@ from asc_dist.nets.features import STUDENT_MEL, LogMel
 from asc_dist.nets.quantize import convert_int8, export_torchscript, int8_size_bytes, latency_per_clip_ms, prepare_qat
 from asc_dist.run.logits import write_targets
 from asc_dist.training.batches import BatchLoader
+from students.dsflexinet import FloatIslandResidualNorm
 
 log = logging.getLogger("bench_students")
 DEFAULT_PRESETS = "sm1,sm2,sm3,sm4,serfr:w24,sp4sc:default"
@@ -206,17 +207,9 @@ def int8_profile(fp32: nn.Module, int8: nn.Module, x: torch.Tensor, repeats: int
     }
 
 
-class InstanceNormIsland(nn.Module):
-    """The float island as it shipped until commit 9701054 (`F.instance_norm` on the dequantised tensor): the
+class InstanceNormIsland(FloatIslandResidualNorm):
+    """The float island as it shipped before commit a0da621 (`F.instance_norm` on the dequantised tensor): the
     baseline beside the shipped two-pass island, whose int8 output is the same."""
-
-    def __init__(self, lam: float, eps: float, scale: float, zero_point: int):
-        super().__init__()
-        self.lam, self.eps, self.scale, self.zero_point = lam, eps, scale, zero_point
-
-    @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False):
-        return cls(float(mod.lam.detach().clamp(0.0, 1.0)), mod.eps, float(mod.mix.scale), int(mod.mix.zero_point))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.dequantize()

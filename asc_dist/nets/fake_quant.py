@@ -55,7 +55,7 @@ class ActivationFakeQuantize(tq.FakeQuantize):
         return x
 
 
-# torch's own activation arguments in `get_default_qat_qconfig("fbgemm")` (tests/test_quantize.py compares them)
+# torch's own activation arguments in `get_default_qat_qconfig("fbgemm")` (tests/test_fake_quant.py compares them)
 ACTIVATION_ARGS = {"observer": tq.MovingAverageMinMaxObserver, "quant_min": 0, "quant_max": 255, "reduce_range": True}
 
 
