@@ -18,7 +18,10 @@ Per preset, through the project's own code:
   for DS-FlexiNet with Residual Normalization, `residual_norm` times the shipped float island (dequantise,
   instance norm, requantise) against RN's all-int8 form and against BN in RN's place (the floor).
 - shipped: `shipped_waveform_in`, the exported form (waveform in, logits out) fp32 vs int8 with the front end's
-  share; `front_end_1_clip`: the dense mel product against the banded one, and the STFT that both pay.
+  share, beside onnxruntime fp32 and its own int8: the whole file, the model alone on log-mels, and the torch front
+  end feeding onnxruntime's model; per clip in a batch of 64 (as `asc_dist.predict` feeds the file), the int8 file
+  against the same file traced with its front end in one pass over the batch; `front_end_1_clip`: the dense mel
+  product against the banded one, and the STFT that both pay.
 - size: `int8_size_bytes` (serialised int8 state dict) and the DCASE parameter memory (`complexity.measure`).
 - step: `step_profile`, one training step of the default recipe part by part (`ops/step_profile.py`: front end,
   each augmentation, forward, loss, optimiser, backward, data wait, page faults) with the model's forward+backward
@@ -43,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+import unittest.mock
 import warnings
 from collections.abc import Iterator
 from dataclasses import replace
@@ -103,6 +107,16 @@ def front_end_rate(store: WaveformStore, batch_size: int, device: torch.device, 
         if device.type == "cuda":
             torch.cuda.synchronize()
     return repeats * len(waves) / (time.perf_counter() - start)
+
+
+def cpu_isa() -> dict:
+    """What the int8 and fp32 kernels can use here: torch's CPU capability and the CPU's int8 extensions (oneDNN
+    runs the 1x1 int8 convolutions on AMX where it has it: runs on machines that differ here do not compare)."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        flags = set(next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "").split())
+    return {"torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "int8_extensions": [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]}
 
 
 def cpu_ms_per_clip(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
@@ -284,28 +298,47 @@ def front_end_cost(x: torch.Tensor, a: argparse.Namespace) -> dict:
 
 
 class OrtRunner:
-    """An onnxruntime session on one thread, called like a module."""
+    """An onnxruntime session on one thread, called like a module on its one input."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, input_name: str = "waves"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = input_name
+
+    def __call__(self, x: torch.Tensor):
+        return self.session.run(None, {self.input_name: x.numpy()})[0]
+
+
+class FrontThenOrt:
+    """The traced torch front end, then the model alone (log-mel in) in onnxruntime: waveform in, logits out."""
+
+    def __init__(self, front: torch.jit.ScriptModule, model: OrtRunner):
+        self.front, self.model = front, model
 
     def __call__(self, waves: torch.Tensor):
-        return self.session.run(None, {"waves": waves.numpy()})[0]
+        return self.model(self.front(waves))
 
 
-def onnx_variants(fp32: nn.Module, clips: np.ndarray, out: Path) -> dict:
-    """The same fp32 student (front end included) through onnxruntime, and onnxruntime's own static int8."""
+def onnx_variants(fp32: nn.Module, clips: np.ndarray, front: torch.jit.ScriptModule, out: Path) -> dict[str, tuple]:
+    """The same fp32 student through onnxruntime, and onnxruntime's own static int8 (calibrated on training clips):
+    the whole file (front end included: ONNX's STFT), the model alone on log-mels, and the torch front end feeding
+    the model alone. Name -> (callable, "wave" or "mel": what it takes)."""
     try:
         from asc_dist.ship.export import quantize_onnx, write_onnx
         from asc_dist.ship.format import WaveToLogits
 
-        path = out / "student.onnx"
+        path, model_path = out / "student.onnx", out / "student_model.onnx"
         write_onnx(WaveToLogits(LogMel(STUDENT_MEL), fp32), clips, {}, path)
-        return {"onnxruntime_fp32": OrtRunner(path), "onnxruntime_int8": OrtRunner(Path(quantize_onnx(path, clips, {})["onnx_int8"]))}
+        with torch.no_grad():
+            mels = LogMel(STUDENT_MEL).eval()(torch.from_numpy(clips)).numpy()
+        write_onnx(fp32, mels, {}, model_path, input_name="mel")
+        model = {"fp32": OrtRunner(model_path, "mel"), "int8": OrtRunner(Path(quantize_onnx(model_path, mels, {}, "mel")["onnx_int8"]), "mel")}
+        return {"onnxruntime_fp32": (OrtRunner(path), "wave"), "onnxruntime_int8": (OrtRunner(Path(quantize_onnx(path, clips, {})["onnx_int8"])), "wave"),
+                **{f"onnxruntime_model_alone_{k}": (m, "mel") for k, m in model.items()},
+                **{f"torch_front_onnxruntime_model_{k}": (FrontThenOrt(front, m), "wave") for k, m in model.items()}}
     except Exception as exc:  # noqa: BLE001 - no onnx extra, or an export failure: measured without it, said so
         log.warning("onnxruntime variants skipped: %s", str(exc).splitlines()[0][:200])
         return {}
@@ -313,21 +346,35 @@ def onnx_variants(fp32: nn.Module, clips: np.ndarray, out: Path) -> dict:
 
 def shipped_cost(fp32: nn.Module, int8: nn.Module, wave: torch.Tensor, clips: np.ndarray, out: Path, a: argparse.Namespace) -> dict:
     """What a device pays per 1-s clip for the shipped file (waveform in, logits out), fp32 against int8, with
-    the front end's share; onnxruntime fp32 and its own static int8 (calibrated on training clips) in the same
-    alternating rounds."""
+    the front end's share; in the same alternating rounds onnxruntime fp32 and its own static int8 (calibrated on
+    training clips): the whole file, the model alone, and the torch front end feeding onnxruntime's model. Per
+    clip in a batch of `clips` (as `asc_dist.predict` feeds it): the int8 file against the same file traced with
+    its front end in one pass over the batch (before the trace kept the chunk loop)."""
+    import asc_dist.nets.features as features
     from asc_dist.ship.format import WaveToLogits
 
     front = LogMel(STUDENT_MEL).eval()
-    variants = {"fp32": traced(WaveToLogits(front, fp32), wave), "int8": traced(WaveToLogits(front, int8), wave), "front": traced(front, wave),
-                **onnx_variants(fp32, clips, out)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    traced_front = traced(front, wave)
+    with torch.no_grad():
+        mel = front(wave)
+    with unittest.mock.patch.object(features, "CHUNK_BYTES", 2**40):  # the trace's chunk: the whole batch
+        one_pass = traced(WaveToLogits(front, int8), wave)
+    variants = {"fp32": (traced(WaveToLogits(front, fp32), wave), "wave"), "int8": (traced(WaveToLogits(front, int8), wave), "wave"),
+                "front": (traced_front, "wave"), **onnx_variants(fp32, clips, traced_front, out)}
+    batched = {"int8_batch": variants["int8"][0], "int8_batch_one_pass": one_pass}
+    inputs = {"wave": wave, "mel": mel, "batch": torch.from_numpy(clips)}
+    times: dict[str, list[float]] = {k: [] for k in [*variants, *batched]}
     for _ in range(a.latency_rounds):
-        for k, m in variants.items():
-            times[k].append(cpu_ms_per_clip(m, wave, a.latency_repeats))
+        for k, (m, takes) in variants.items():
+            times[k].append(cpu_ms_per_clip(m, inputs[takes], a.latency_repeats))
+        for k, m in batched.items():
+            times[k].append(cpu_ms_per_clip(m, inputs["batch"], max(1, a.latency_repeats // 10)))
     ms = {k: statistics.median(v) for k, v in times.items()}
     return {"fp32_ms": round(ms["fp32"], 3), "int8_ms": round(ms["int8"], 3), "ratio_int8_vs_fp32": round(ms["int8"] / ms["fp32"], 3),
             "front_end_ms": round(ms["front"], 3), "front_end_share_of_int8": round(ms["front"] / ms["int8"], 3),
-            **{f"{k}_ms": round(v, 3) for k, v in ms.items() if k.startswith("onnxruntime")}}
+            **{f"{k}_ms": round(v, 3) for k, v in ms.items() if "onnxruntime" in k},
+            "batch_clips": len(clips), "int8_batch_ms_per_clip": round(ms["int8_batch"], 3),
+            "int8_batch_one_pass_ms_per_clip": round(ms["int8_batch_one_pass"], 3)}
 
 
 def bench_preset(spec: str, store: WaveformStore, run_dir: Path, data: DataConfig, a: argparse.Namespace, calib: torch.Tensor,
@@ -474,7 +521,7 @@ def main() -> None:
     print(json.dumps({
         "train_clips_available": len(store.split("train")), "batch_size": a.batch_size, "device": str(device),
         "torch_threads": torch.get_num_threads(), "quantized_engine": torch.backends.quantized.engine,
-        "cpus": os.cpu_count(), "front_end_clips_per_s": round(front_rate, 1), "front_end_1_clip": front,
+        "cpus": os.cpu_count(), "cpu_isa": cpu_isa(), "front_end_clips_per_s": round(front_rate, 1), "front_end_1_clip": front,
         "goals": {"data_wait_share": 0.05, "ratio_int8_vs_fp32": 0.5},
         "presets": rows, "step_profile": steps,
         "load_average_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],

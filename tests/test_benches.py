@@ -88,6 +88,8 @@ def test_bench_students(synth_root):
     assert profile["top_int8_ops"][0]["op"]
     shipped, rn, front = row["shipped_waveform_in"], row["residual_norm"], out["front_end_1_clip"]
     assert positive(shipped["fp32_ms"], shipped["int8_ms"], shipped["front_end_ms"], shipped["onnxruntime_fp32_ms"], shipped["onnxruntime_int8_ms"])
+    assert positive(shipped["int8_batch_ms_per_clip"], shipped["int8_batch_one_pass_ms_per_clip"]) and shipped["batch_clips"] > 1
+    assert positive(*(shipped[f"{part}_{kind}_ms"] for part in ("onnxruntime_model_alone", "torch_front_onnxruntime_model") for kind in ("fp32", "int8")))
     assert positive(rn["int8_rn_cpu_ms"], rn["float_island_rn_cpu_ms"], rn["bn_instead_cpu_ms"])
     assert front["banded_mel_macs"] * 10 < front["dense_mel_macs"] and front["max_abs_diff"] < 1e-4
     step = out["step_profile"]["after"]

@@ -68,12 +68,15 @@ def test_chunks_share_one_fmax_jitter_per_batch(monkeypatch):
 
 
 def test_traced_front_end_takes_any_batch_size():
-    """The shipped front end is traced on one clip; the trace must not carry the chunking of that call."""
+    """The shipped front end is traced on one clip; its graph keeps the chunk loop (a scripted function), so it
+    takes any batch size in passes of `chunk_rows` clips."""
     waves = real_clips(10)
     front = LogMel(STUDENT_MEL).eval()
     traced = torch.jit.trace(front, waves[:1], check_trace=False)
+    assert front.chunk_rows(waves.shape[1]) < len(waves) and "prim::Loop" in str(traced.inlined_graph)  # chunked in the file too
     with torch.no_grad():
         torch.testing.assert_close(traced(waves), front(waves), atol=1e-5, rtol=0)
+        torch.testing.assert_close(traced(waves), reference_log_mel(STUDENT_MEL, waves), atol=1e-5, rtol=0)
 
 
 def test_fast_fft_length_is_the_next_5_smooth_number():
@@ -160,10 +163,12 @@ def test_channels_last_training_step_matches_contiguous(synth_store):
 
 
 def test_channels_last_gradients_differ_by_float_rounding_only():
-    """Gradients in fp32 against the same step in fp64, per tensor. NCHW is within about 1e-5; NHWC's kernels sum
-    in another order and land within 2 % on the gradients that are sums of cancelling terms (measured: RN's
-    lambda 1.5 %, the stem 0.8 %), far inside a gradient's batch-to-batch noise. The end-to-end check is the
-    3-seed accuracy comparison of the closing note."""
+    """Gradients in fp32 against the same step in fp64, per tensor. How close fp32 gets depends on the order the
+    CPU's kernels sum in: NCHW was within 1e-5 on one machine and within 0.15 % on another (oneDNN's weight
+    gradients on an AVX-512/AMX Xeon; 6e-6 there with oneDNN off); NHWC lands within 2 % on the gradients that are
+    sums of cancelling terms (measured: RN's lambda 1.5 %, the stem 0.8 %), far inside a gradient's batch-to-batch
+    noise. A wrong gradient is off by its own size. The end-to-end check is the 3-seed accuracy comparison of the
+    closing note."""
     from students.presets import build_student
 
     x = LogMel(STUDENT_MEL).eval()(real_clips(12)).detach()
@@ -185,7 +190,7 @@ def test_channels_last_gradients_differ_by_float_rounding_only():
         return max(float((g[k] - exact[k]).norm() / exact[k].norm()) for k in exact if exact[k].norm() > 1e-3 * largest)
 
     nchw, nhwc = worst_error(grads(torch.float32, False)), worst_error(grads(torch.float32, True))
-    assert nchw < 1e-4 and nhwc < 0.03, (nchw, nhwc)
+    assert nchw < 0.005 and nhwc < 0.03, (nchw, nhwc)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -95,9 +95,9 @@ def export_onnx(cfg: ExportConfig) -> dict:
     return result
 
 
-def write_onnx(module: torch.nn.Module, clips: np.ndarray, meta: dict, out: Path) -> float:
-    """Export `module` (waves [batch, samples] -> logits) to `out`, any batch size; returns onnxruntime's max
-    |logit| difference from torch on `clips` (refused above TOLERANCE)."""
+def write_onnx(module: torch.nn.Module, clips: np.ndarray, meta: dict, out: Path, input_name: str = "waves") -> float:
+    """Export `module` (waves [batch, samples] -> logits, or whatever `clips` hold, named `input_name`) to `out`,
+    any batch size; returns onnxruntime's max |logit| difference from torch on `clips` (refused above TOLERANCE)."""
     _need_onnx()
     import onnxruntime as ort
 
@@ -105,28 +105,28 @@ def write_onnx(module: torch.nn.Module, clips: np.ndarray, meta: dict, out: Path
     module = module.eval()
     with atomic_path(out) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter's chatter
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (torch.from_numpy(clips[:2]),), input_names=["waves"], output_names=["logits"], dynamo=True,
+        program = torch.onnx.export(module, (torch.from_numpy(clips[:2]),), input_names=[input_name], output_names=["logits"], dynamo=True,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         program.model.metadata_props.update(meta)
         program.save(str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         with torch.no_grad():
             expected = module(torch.from_numpy(clips[:32])).numpy()
-        diff = float(np.abs(session.run(None, {"waves": clips[:32]})[0] - expected).max())
+        diff = float(np.abs(session.run(None, {input_name: clips[:32]})[0] - expected).max())
         if diff > TOLERANCE:
             raise RuntimeError(f"onnxruntime disagrees with torch by {diff:.2e} on training clips; not saving {out}")
     return diff
 
 
-def quantize_onnx(fp32_path: Path, clips: np.ndarray, meta: dict) -> dict:
-    """onnxruntime's static int8 of the convolutions and the classifier, calibrated on `clips`."""
+def quantize_onnx(fp32_path: Path, clips: np.ndarray, meta: dict, input_name: str = "waves") -> dict:
+    """onnxruntime's static int8 of the convolutions and the classifier, calibrated on `clips` (fed as `input_name`)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Clips(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"waves": clips[i : i + 16]} for i in range(0, len(clips), 16)])
+            self.batches = iter([{input_name: clips[i : i + 16]} for i in range(0, len(clips), 16)])
 
         def get_next(self):
             return next(self.batches, None)
