@@ -61,15 +61,7 @@ class LogMel(nn.Module):
     def __init__(self, cfg: MelConfig = STUDENT_MEL, band_groups: int = 16):
         super().__init__()
         self.cfg = cfg
-        self.spectrogram = torchaudio.transforms.Spectrogram(
-            n_fft=cfg.n_fft,
-            win_length=cfg.win_length,
-            hop_length=cfg.hop_length,
-            window_fn=torch.hann_window,
-            wkwargs={"periodic": False},
-            power=None,  # complex: |X|^2 as re^2 + im^2 below is 8x faster than torch's complex abs().square()
-            center=True,
-        )
+        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=False), persistent=False)  # symmetric Hann
         self.register_buffer("eval_banks", self._banks(cfg.fmax), persistent=False)
         self.band_groups = band_groups
         bands = self._band_slices(self.eval_banks, band_groups) if band_groups else []
@@ -136,7 +128,7 @@ class LogMel(nn.Module):
         with torch.autocast(device_type=waves.device.type, enabled=False):  # the whole front end in fp32
             waves = waves.float()
             cfg, rows = self.cfg, self.chunk_rows(waves.shape[-1])
-            args = (waves, self.spectrogram.window, cfg.n_fft, cfg.hop_length, cfg.win_length, *self._pieces(banks, waves.device))
+            args = (waves, self.window, cfg.n_fft, cfg.hop_length, cfg.win_length, *self._pieces(banks, waves.device))
             if torch.jit.is_tracing():  # the shipped file: its graph keeps the chunk loop and takes any batch size
                 mel = _scripted_mel_power_in_chunks()(*args, rows)
             elif _exporting():  # ONNX and torch.compile: one pass, so the recorded graph takes any batch size
@@ -147,14 +139,22 @@ class LogMel(nn.Module):
         return mel.unsqueeze(1)
 
 
+def stft(x: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: int, win_length: int) -> torch.Tensor:
+    """Complex STFT [B, n_fft/2+1, frames] of [B, samples], centred with reflection (torchaudio's Spectrogram with
+    power=None is this call)."""
+    return torch.stft(x, n_fft, hop_length, win_length, window, center=True, pad_mode="reflect", normalized=False,
+                      onesided=True, return_complex=True)
+
+
 def mel_power(waves: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: int, win_length: int,
               pieces: list[torch.Tensor], spans: list[tuple[int, int]]) -> torch.Tensor:
-    """Mel power [B, n_mels, frames] of fp32 waves [B, samples]: pre-emphasis, |STFT|^2 (torchaudio's Spectrogram
-    is this torch.stft call), then each piece of the mel matrix times the power over its span of FFT bins."""
+    """Mel power [B, n_mels, frames] of fp32 waves [B, samples]: pre-emphasis, |STFT|^2, then each piece of the
+    mel matrix times the power over its span of FFT bins."""
     x = waves[:, 1:] - 0.97 * waves[:, :-1]  # pre-emphasis; as a conv1d it was 60x slower on CPU
-    spec = torch.view_as_real(torch.stft(x, n_fft, hop_length, win_length, window, center=True, pad_mode="reflect",
-                                         normalized=False, onesided=True, return_complex=True))  # [B, bins, frames, (re, im)]
-    spec.square_()  # in place on the STFT's own output, contiguous: |X|^2 = re^2 + im^2 with one temporary less
+    spec = torch.view_as_real(stft(x, window, n_fft, hop_length, win_length))  # [B, bins, frames, (re, im)]
+    # |X|^2 as re^2 + im^2 (8x faster than torch's complex abs().square()), squared in place on the STFT's own
+    # contiguous output: one temporary less
+    spec.square_()
     power = spec[..., 0] + spec[..., 1]
     out: list[torch.Tensor] = []
     for i in range(len(pieces)):
@@ -182,9 +182,8 @@ def _scripted_mel_power_in_chunks() -> torch.jit.ScriptFunction:
 
 
 def _exporting() -> bool:
-    """Recording a graph (TorchScript, ONNX, torch.compile): `LogMel.forward` takes traces first (the scripted chunk
-    loop); the others get one pass, so the recorded graph takes any batch size."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    """Recording a graph other than a trace (scripting, ONNX, torch.compile): one pass, so it takes any batch size."""
+    return torch.jit.is_scripting() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
 def front_end(name: str) -> LogMel:
